@@ -1,0 +1,1 @@
+//! Snapshot protocol: layout, manifests, checksums, retention, stores.

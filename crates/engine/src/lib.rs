@@ -1,0 +1,1 @@
+//! Dataflow runtime: operators, keyed state, barriers, exchanges.

@@ -1,0 +1,1 @@
+//! Kubernetes controller for StreamJob resources.

@@ -1,0 +1,1 @@
+//! Test-only helpers: local cluster, process kubelet, fixtures.

@@ -1,0 +1,1 @@
+//! A job run: local mode and worker pods, coordinator and control API.

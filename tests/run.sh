@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The project's test command (README): formatting, lints, and every test suite of the workspace.
+# Installs the test tools it needs into the cache folder first (idempotent), so it works on a fresh
+# machine. CI (.ci/run) installs system packages and then runs exactly this script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export STREAMJOB_CACHE="${STREAMJOB_CACHE:-$HOME/.cache/streamjob}"
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== generated CRD is up to date"
+cargo run -q --locked -- crd | diff -u crds/streamjob.yaml - \
+  || { echo "crds/streamjob.yaml is stale: run 'cargo run -q -- crd > crds/streamjob.yaml'"; exit 1; }
+
+echo "== tests"
+cargo nextest run --workspace --locked --no-fail-fast
