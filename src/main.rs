@@ -1,5 +1,5 @@
-//! `streamjob`: one thin binary for every role. `crd` prints the CustomResourceDefinition; the other
-//! subcommands (local mode, worker, operator) are added by their crates as they land.
+//! `streamjob`: one thin binary for every role. `run` is local mode (a StreamJob manifest run in this
+//! process); `crd` prints the CustomResourceDefinition. Worker and operator roles land with their crates.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -17,13 +17,82 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the job of a StreamJob manifest locally: all subtasks in this process, checkpoints in a
+    /// folder (or S3), automatic restarts; Ctrl-C stops with a savepoint.
+    Run {
+        /// StreamJob manifest (the same file you would `kubectl apply`).
+        file: std::path::PathBuf,
+        /// Snapshot storage (folder, file:// or s3:// URL); default: spec.storage.
+        #[arg(long)]
+        checkpoint_dir: Option<String>,
+        /// Start from this snapshot folder instead of the latest checkpoint.
+        #[arg(long)]
+        from: Option<String>,
+        /// Override spec.parallelism.
+        #[arg(long)]
+        parallelism: Option<u32>,
+        /// Override a job parameter (repeatable): --set events=1000000
+        #[arg(long = "set", value_parser = parse_key_value)]
+        set: Vec<(String, String)>,
+        /// Do not print the progress line.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Print the StreamJob CustomResourceDefinition as YAML (`crds/streamjob.yaml` is this output).
     Crd,
 }
 
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STREAMJOB_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match cli.command {
+        Command::Run {
+            file,
+            checkpoint_dir,
+            from,
+            parallelism,
+            set,
+            quiet,
+        } => {
+            let options = streamjob_worker::local::LocalOptions {
+                manifest: file,
+                checkpoint_dir,
+                from,
+                parallelism,
+                set,
+                progress: !quiet,
+            };
+            let job = streamjob_worker::local::prepare(&options)?;
+            let outcome = streamjob_worker::local::run(job, !quiet)?;
+            match outcome {
+                streamjob_engine::runner::RunOutcome::Finished { attempts, restarts } => {
+                    eprintln!(
+                        "streamjob: job finished (attempts: {attempts}, restarts: {restarts})"
+                    );
+                }
+                streamjob_engine::runner::RunOutcome::Stopped { savepoint, .. } => {
+                    eprintln!("streamjob: stopped with savepoint {}", savepoint.location);
+                    println!("{}", savepoint.location);
+                }
+                streamjob_engine::runner::RunOutcome::Cancelled { .. } => {
+                    eprintln!("streamjob: cancelled");
+                    std::process::exit(130);
+                }
+            }
+        }
         Command::Crd => {
             let yaml = serde_yaml::to_string(&streamjob_api::v1alpha1::crd())
                 .context("failed to render the StreamJob CRD as YAML")?;

@@ -16,5 +16,9 @@ echo "== generated CRD is up to date"
 cargo run -q --locked -- crd | diff -u crds/streamjob.yaml - \
   || { echo "crds/streamjob.yaml is stale: run 'cargo run -q -- crd > crds/streamjob.yaml'"; exit 1; }
 
+echo "== test tools"
+S3S_FS_BIN="$(bash tests/tools/install-s3s-fs.sh)"
+export S3S_FS_BIN
+
 echo "== tests"
-cargo nextest run --workspace --locked --no-fail-fast
+cargo nextest run --workspace --exclude streamjob-testkit --locked --no-fail-fast

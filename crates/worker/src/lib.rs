@@ -1,1 +1,6 @@
-//! A job run: local mode and worker pods, coordinator and control API.
+//! A job run outside the operator's concerns: the built-in jobs (`jobs`), and local mode (`local`):
+//! the same StreamJob manifest a user would `kubectl apply`, run in one process with snapshots in a
+//! folder, restarts from the latest checkpoint, and a live progress line.
+
+pub mod jobs;
+pub mod local;

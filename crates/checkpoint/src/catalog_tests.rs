@@ -1,0 +1,402 @@
+//! Behaviour tests of the catalog (and the stores under it) on `MemoryStore` and `FileStore`.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::attempts::{start_attempt, AttemptRecord, SnapshotRef};
+use crate::conformance::{check_put_if_absent_race, check_store};
+use crate::decide::SkipReason;
+use crate::manifest::{OperatorState, SnapshotKind, SubtaskState};
+use crate::state_file::{write_shared_state_file, write_state_file};
+use crate::{FileStore, MemoryStore};
+
+/// Runs `test` on a fresh MemoryStore and a fresh FileStore.
+async fn on_each_store<F, Fut>(test: F)
+where
+    F: Fn(Arc<dyn SnapshotStore>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    test(Arc::new(MemoryStore::new())).await;
+    let dir = tempfile::tempdir().unwrap();
+    test(Arc::new(FileStore::new(dir.path()).unwrap())).await;
+}
+
+/// Writes a complete snapshot with `parallelism` subtasks of one operator; returns its manifest.
+async fn write_snapshot(
+    store: &dyn SnapshotStore,
+    kind: SnapshotKind,
+    attempt: u64,
+    id: u64,
+) -> Manifest {
+    let dir = SnapshotLayout::dir(kind, attempt, id);
+    let mut subtasks = Vec::new();
+    for subtask in 0..2u32 {
+        let key = SnapshotLayout::state_file(&dir, "counter", subtask).unwrap();
+        let body = Bytes::from(format!("state of {id}/{subtask}").repeat(10));
+        let file = write_state_file(store, &key, body).await.unwrap();
+        subtasks.push(SubtaskState {
+            subtask,
+            key_group_start: subtask * 64,
+            key_group_end: subtask * 64 + 64,
+            files: vec![file],
+        });
+    }
+    let mut manifest = Manifest::new(kind, attempt, id, "wordcount");
+    manifest.parallelism = 2;
+    manifest.operators.push(OperatorState {
+        operator_id: "counter".into(),
+        subtasks,
+    });
+    commit_manifest(store, &manifest).await.unwrap();
+    manifest
+}
+
+fn record(attempt: u64, restored: Option<u64>) -> AttemptRecord {
+    AttemptRecord {
+        attempt,
+        started_at_ms: attempt,
+        restored_from: restored.map(|id| SnapshotRef {
+            attempt: attempt - 1,
+            checkpoint_id: id,
+            location: String::new(),
+        }),
+    }
+}
+
+#[tokio::test]
+async fn stores_pass_the_conformance_suite() {
+    on_each_store(|store| async move {
+        check_store(store.as_ref()).await.unwrap();
+        check_put_if_absent_race(store, 16).await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn complete_snapshot_round_trip() {
+    on_each_store(|store| async move {
+        let written = write_snapshot(store.as_ref(), SnapshotKind::Checkpoint, 1, 7).await;
+        let facts = list_snapshots(store.as_ref()).await.unwrap();
+        assert_eq!(facts.len(), 1);
+        assert_eq!(facts[0].manifest.as_ref().unwrap(), &written);
+        assert_eq!(facts[0].dir, "checkpoints/000001-0000000007");
+
+        let decision = find_restore_point(store.as_ref(), VerifyLevel::Deep)
+            .await
+            .unwrap();
+        let chosen = decision.chosen.unwrap();
+        assert_eq!((chosen.attempt, chosen.checkpoint_id), (1, 7));
+        for file in chosen.manifest.files() {
+            crate::read_state_file(store.as_ref(), file).await.unwrap();
+        }
+
+        let again = commit_manifest(store.as_ref(), &written).await.unwrap_err();
+        assert!(
+            matches!(again, CatalogError::ManifestExists { .. }),
+            "{again}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn dir_without_manifest_is_never_selected() {
+    on_each_store(|store| async move {
+        write_snapshot(store.as_ref(), SnapshotKind::Checkpoint, 1, 1).await;
+        let dir = SnapshotLayout::checkpoint_dir(1, 2);
+        let key = SnapshotLayout::state_file(&dir, "counter", 0).unwrap();
+        write_state_file(store.as_ref(), &key, Bytes::from_static(b"half"))
+            .await
+            .unwrap();
+
+        let d = find_restore_point(store.as_ref(), VerifyLevel::Shallow)
+            .await
+            .unwrap();
+        assert_eq!(d.chosen.unwrap().checkpoint_id, 1);
+        assert_eq!(d.skipped.len(), 1);
+        assert!(d.skipped[0].reason.to_string().contains("no manifest"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn truncated_manifest_is_detected() {
+    on_each_store(|store| async move {
+        write_snapshot(store.as_ref(), SnapshotKind::Checkpoint, 1, 1).await;
+        write_snapshot(store.as_ref(), SnapshotKind::Checkpoint, 1, 2).await;
+        let key = SnapshotLayout::manifest(&SnapshotLayout::checkpoint_dir(1, 2));
+        let body = store.get(&key).await.unwrap();
+        store.put(&key, body.slice(..body.len() / 2)).await.unwrap();
+
+        let d = find_restore_point(store.as_ref(), VerifyLevel::Shallow)
+            .await
+            .unwrap();
+        assert_eq!(d.chosen.as_ref().unwrap().checkpoint_id, 1);
+        assert!(
+            d.skipped[0]
+                .reason
+                .to_string()
+                .contains("manifest is corrupt"),
+            "{}",
+            d.summary()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn corrupt_newest_falls_back_and_names_the_file() {
+    on_each_store(|store| async move {
+        write_snapshot(store.as_ref(), SnapshotKind::Checkpoint, 1, 41).await;
+        let newest = write_snapshot(store.as_ref(), SnapshotKind::Checkpoint, 1, 42).await;
+        let victim = newest.files().next().unwrap().clone();
+        // Same size, different content: only the CRC-32C reveals it.
+        let mut body = store.get(&victim.key).await.unwrap().to_vec();
+        body[0] ^= 0xff;
+        store.put(&victim.key, Bytes::from(body)).await.unwrap();
+
+        let shallow = find_restore_point(store.as_ref(), VerifyLevel::Shallow)
+            .await
+            .unwrap();
+        assert_eq!(
+            shallow.chosen.unwrap().checkpoint_id,
+            42,
+            "a shallow check cannot see same-size corruption"
+        );
+
+        let deep = find_restore_point(store.as_ref(), VerifyLevel::Deep)
+            .await
+            .unwrap();
+        assert_eq!(deep.chosen.as_ref().unwrap().checkpoint_id, 41);
+        let summary = deep.summary();
+        assert!(
+            summary.contains("checkpoint 42")
+                && summary.contains(&victim.key)
+                && summary.contains("CRC-32C"),
+            "{summary}"
+        );
+
+        // A truncated file is caught by the shallow check (listing sizes).
+        store
+            .put(&victim.key, Bytes::from_static(b"short"))
+            .await
+            .unwrap();
+        let shallow = find_restore_point(store.as_ref(), VerifyLevel::Shallow)
+            .await
+            .unwrap();
+        assert_eq!(shallow.chosen.unwrap().checkpoint_id, 41);
+        assert!(shallow.skipped[0].reason.to_string().contains("5 bytes"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn zombie_attempt_is_fenced() {
+    on_each_store(|store| async move {
+        start_attempt(store.as_ref(), &record(1, None))
+            .await
+            .unwrap();
+        write_snapshot(store.as_ref(), SnapshotKind::Checkpoint, 1, 1).await;
+        write_snapshot(store.as_ref(), SnapshotKind::Checkpoint, 1, 2).await;
+        // Attempt 2 starts from checkpoint 2; attempt 1 lives on as a zombie.
+        start_attempt(store.as_ref(), &record(2, Some(2)))
+            .await
+            .unwrap();
+
+        let mut zombie = Manifest::new(SnapshotKind::Checkpoint, 1, 3, "wordcount");
+        zombie.parallelism = 2;
+        let refused = commit_manifest(store.as_ref(), &zombie).await.unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                CatalogError::Fenced {
+                    attempt: 1,
+                    newest: 2
+                }
+            ),
+            "{refused}"
+        );
+
+        // The zombie raced past the check and wrote its manifest anyway: restores ignore it.
+        let dir = SnapshotLayout::checkpoint_dir(1, 3);
+        store
+            .put_if_absent(
+                &SnapshotLayout::manifest(&dir),
+                Bytes::from(zombie.to_json().unwrap()),
+            )
+            .await
+            .unwrap();
+        let d = find_restore_point(store.as_ref(), VerifyLevel::Deep)
+            .await
+            .unwrap();
+        assert_eq!(
+            d.chosen.as_ref().map(|c| (c.attempt, c.checkpoint_id)),
+            Some((1, 2))
+        );
+        assert_eq!(
+            d.skipped[0].reason,
+            SkipReason::Fenced {
+                by_attempt: 2,
+                restore_point: 2
+            }
+        );
+
+        let taken = start_attempt(store.as_ref(), &record(2, Some(2)))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(taken, AttemptError::AttemptTaken { attempt: 2, .. }),
+            "{taken}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn retention_deletes_old_snapshots_and_unreferenced_shared_files() {
+    on_each_store(|store| async move {
+        for id in 1..=3 {
+            write_snapshot(store.as_ref(), SnapshotKind::Checkpoint, 1, id).await;
+        }
+        // Incremental checkpoint 4 references a shared file; an orphan shared file lies around.
+        let shared = write_shared_state_file(store.as_ref(), Bytes::from_static(b"shared state"))
+            .await
+            .unwrap();
+        let orphan = write_shared_state_file(store.as_ref(), Bytes::from_static(b"orphan"))
+            .await
+            .unwrap();
+        let inflight = write_shared_state_file(store.as_ref(), Bytes::from_static(b"in flight"))
+            .await
+            .unwrap();
+        let mut m4 = Manifest::new(SnapshotKind::Checkpoint, 1, 4, "wordcount");
+        m4.operators.push(OperatorState {
+            operator_id: "counter".into(),
+            subtasks: vec![SubtaskState {
+                subtask: 0,
+                key_group_start: 0,
+                key_group_end: 128,
+                files: vec![shared.clone()],
+            }],
+        });
+        commit_manifest(store.as_ref(), &m4).await.unwrap();
+        write_snapshot(store.as_ref(), SnapshotKind::Savepoint, 1, 2).await;
+        // An aborted checkpoint older than the newest complete one.
+        let aborted =
+            SnapshotLayout::state_file(&SnapshotLayout::checkpoint_dir(1, 0), "counter", 0)
+                .unwrap();
+        store.put(&aborted, Bytes::from_static(b"x")).await.unwrap();
+
+        let protected_keys: BTreeSet<String> = [inflight.key.clone()].into();
+        let plan = apply_retention(store.as_ref(), 2, &BTreeSet::new(), &protected_keys)
+            .await
+            .unwrap();
+        assert_eq!(
+            plan.delete_dirs,
+            [
+                "checkpoints/000001-0000000000",
+                "checkpoints/000001-0000000001",
+                "checkpoints/000001-0000000002"
+            ]
+        );
+        assert_eq!(plan.delete_shared, std::slice::from_ref(&orphan.key));
+
+        let left: Vec<String> = list_snapshots(store.as_ref())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|f| f.dir)
+            .collect();
+        assert_eq!(
+            left,
+            [
+                "checkpoints/000001-0000000003",
+                "checkpoints/000001-0000000004",
+                "savepoints/sp-0000000002-000001"
+            ]
+        );
+        assert!(store.get(&shared.key).await.is_ok());
+        assert!(store.get(&inflight.key).await.is_ok());
+        assert!(store.get(&orphan.key).await.unwrap_err().is_not_found());
+        let d = find_restore_point(store.as_ref(), VerifyLevel::Deep)
+            .await
+            .unwrap();
+        assert_eq!(d.chosen.unwrap().checkpoint_id, 4);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn savepoint_history_is_applied_in_storage() {
+    on_each_store(|store| async move {
+        for id in 1..=3 {
+            let mut m = Manifest::new(SnapshotKind::Savepoint, 1, id, "wordcount");
+            m.created_at_ms = id * 1000;
+            commit_manifest(store.as_ref(), &m).await.unwrap();
+        }
+        // An aborted savepoint between complete ones.
+        let aborted =
+            SnapshotLayout::state_file(&SnapshotLayout::savepoint_dir(2, 2), "x", 0).unwrap();
+        store.put(&aborted, Bytes::new()).await.unwrap();
+
+        let deleted = apply_savepoint_history(store.as_ref(), 1, None, 10_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            deleted,
+            [
+                "savepoints/sp-0000000002-000001",
+                "savepoints/sp-0000000001-000001",
+                "savepoints/sp-0000000002-000002"
+            ]
+        );
+        let left: Vec<String> = list_snapshots(store.as_ref())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|f| f.dir)
+            .collect();
+        assert_eq!(left, ["savepoints/sp-0000000003-000001"]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn transient_store_errors_are_not_mistaken_for_corruption() {
+    let store = Arc::new(MemoryStore::new());
+    write_snapshot(store.as_ref(), SnapshotKind::Checkpoint, 1, 1).await;
+    store.fail_next_gets(1);
+    let err = find_restore_point(store.as_ref(), VerifyLevel::Shallow)
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert_eq!(
+        find_restore_point(store.as_ref(), VerifyLevel::Shallow)
+            .await
+            .unwrap()
+            .chosen
+            .unwrap()
+            .checkpoint_id,
+        1
+    );
+}
+
+#[tokio::test]
+async fn delete_snapshot_dir_removes_manifest_first_and_everything() {
+    let store = MemoryStore::new();
+    write_snapshot(&store, SnapshotKind::Checkpoint, 1, 1).await;
+    write_snapshot(&store, SnapshotKind::Checkpoint, 1, 2).await;
+    delete_snapshot_dir(&store, "checkpoints/000001-0000000001")
+        .await
+        .unwrap();
+    assert!(
+        store
+            .keys()
+            .iter()
+            .all(|k| k.starts_with("checkpoints/000001-0000000002/")),
+        "{:?}",
+        store.keys()
+    );
+}

@@ -1,0 +1,175 @@
+//! Split-based deterministic generation shared by the generator sources: the global sequence of
+//! events `0..total` is cut into `splits` interleaved splits (split k holds indices k, k+S, k+2S, ...).
+//! Each subtask reads some splits; a split's position is one number, kept in the snapshot, so a
+//! restore (at any parallelism: splits are redistributed) replays exactly the same events.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::operator::{OperatorContext, OperatorError, Output};
+use crate::source::SourceStatus;
+use crate::state::{decode_entry, encode_entry};
+use crate::types::Timestamp;
+
+/// Position of one split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitPosition {
+    /// Split number.
+    pub split: u32,
+    /// Total number of splits of the source (must not change across restores).
+    pub splits: u32,
+    /// Next position within the split (global index = split + splits * next).
+    pub next: u64,
+}
+
+/// Shared reader of generator splits: which indices to emit next, rate limiting, watermarks.
+#[derive(Debug)]
+pub struct SplitReader {
+    /// Events in total (`None`: unbounded).
+    pub total: Option<u64>,
+    /// Number of splits.
+    pub splits: u32,
+    /// Events per second over all subtasks (`None`: as fast as possible).
+    pub rate: Option<u64>,
+    positions: Vec<SplitPosition>,
+    emitted: u64,
+    started: Option<Instant>,
+    parallelism: u32,
+}
+
+impl SplitReader {
+    /// A reader; splits are assigned in `open` or `restore`.
+    pub fn new(total: Option<u64>, splits: u32, rate: Option<u64>) -> Self {
+        Self {
+            total,
+            splits: splits.max(1),
+            rate,
+            positions: Vec::new(),
+            emitted: 0,
+            started: None,
+            parallelism: 1,
+        }
+    }
+
+    /// Restore this subtask's share of split positions.
+    pub fn restore(
+        &mut self,
+        ctx: &OperatorContext,
+        entries: Vec<Vec<u8>>,
+    ) -> Result<(), OperatorError> {
+        for entry in entries {
+            let position: SplitPosition =
+                decode_entry(&entry).map_err(|e| OperatorError::StateDecode {
+                    operator: ctx.operator_id.clone(),
+                    reason: e.to_string(),
+                })?;
+            if position.splits != self.splits {
+                return Err(OperatorError::StateDecode {
+                    operator: ctx.operator_id.clone(),
+                    reason: format!(
+                        "the snapshot was taken with {} generator splits, the job now has {}; keep the `splits` parameter unchanged",
+                        position.splits, self.splits
+                    ),
+                });
+            }
+            self.positions.push(position);
+        }
+        self.positions.sort_by_key(|p| p.split);
+        Ok(())
+    }
+
+    /// Assign initial splits (fresh start) and start the rate clock.
+    pub fn open(&mut self, ctx: &OperatorContext, restored: bool) {
+        self.parallelism = ctx.parallelism.max(1);
+        if !restored {
+            self.positions = (0..self.splits)
+                .filter(|k| k % ctx.parallelism.max(1) == ctx.subtask)
+                .map(|split| SplitPosition {
+                    split,
+                    splits: self.splits,
+                    next: 0,
+                })
+                .collect();
+        }
+        self.started = Some(Instant::now());
+    }
+
+    /// Positions as list-state entries.
+    pub fn snapshot(&self) -> Result<Vec<Vec<u8>>, OperatorError> {
+        self.positions
+            .iter()
+            .map(|p| {
+                encode_entry(p).map_err(|e| OperatorError::StateEncode {
+                    operator: "generator".into(),
+                    reason: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    fn index(&self, p: &SplitPosition) -> u64 {
+        u64::from(p.split) + u64::from(self.splits) * p.next
+    }
+
+    fn live(&self, p: &SplitPosition) -> bool {
+        self.total.is_none_or(|t| self.index(p) < t)
+    }
+
+    /// Emit up to `max` events: round-robin over this subtask's splits, in global index order within
+    /// a round. `make(index)` builds the event; `time_of(index)` gives its event time. After the batch,
+    /// the watermark is the smallest next event time over live splits, minus one.
+    pub fn poll<T>(
+        &mut self,
+        out: &mut Output<T>,
+        max: usize,
+        mut make: impl FnMut(u64) -> T,
+        time_of: impl Fn(u64) -> Timestamp,
+    ) -> SourceStatus {
+        let mut budget = max;
+        if let (Some(rate), Some(started)) = (self.rate, self.started) {
+            let per_subtask = (rate / u64::from(self.parallelism)).max(1);
+            let allowed = (started.elapsed().as_secs_f64() * per_subtask as f64) as u64;
+            if allowed <= self.emitted {
+                let wait =
+                    Duration::from_secs_f64(1.0 / per_subtask as f64).max(Duration::from_millis(1));
+                return SourceStatus::Idle(wait.min(Duration::from_millis(50)));
+            }
+            budget = budget.min((allowed - self.emitted) as usize);
+        }
+        let mut emitted = 0;
+        'rounds: while emitted < budget {
+            let mut any = false;
+            for i in 0..self.positions.len() {
+                if emitted >= budget {
+                    break 'rounds;
+                }
+                let p = self.positions[i];
+                if !self.live(&p) {
+                    continue;
+                }
+                any = true;
+                out.collect(make(self.index(&p)));
+                self.positions[i].next += 1;
+                emitted += 1;
+            }
+            if !any {
+                break;
+            }
+        }
+        self.emitted += emitted as u64;
+        let next_time = self
+            .positions
+            .iter()
+            .filter(|p| self.live(p))
+            .map(|p| time_of(self.index(p)))
+            .min();
+        match next_time {
+            Some(t) => {
+                out.emit_watermark(t - 1);
+                SourceStatus::Ready
+            }
+            None => SourceStatus::Finished,
+        }
+    }
+}

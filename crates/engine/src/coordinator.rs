@@ -1,0 +1,736 @@
+//! The checkpoint coordinator of one job attempt. `CheckpointScheduler` and `PendingCheckpoints` are
+//! pure decisions (when to trigger, when a checkpoint is complete or timed out); `run_coordinator` is
+//! the I/O edge: it sends triggers to sources, collects acknowledgements, writes the manifest
+//! (create-if-absent, last), checks that no newer attempt fenced this one, and only then tells every
+//! task that the checkpoint is complete so sinks commit.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use streamjob_checkpoint::attempts::newest_attempt;
+use streamjob_checkpoint::catalog::{
+    apply_retention, commit_manifest, delete_snapshot_dir, CatalogError,
+};
+use streamjob_checkpoint::layout::SnapshotLayout;
+use streamjob_checkpoint::manifest::{Manifest, OperatorState, SnapshotKind, SubtaskState};
+use streamjob_checkpoint::store::SnapshotStore;
+
+use crate::config::CheckpointConfig;
+use crate::control::{CoordinatorEvent, SnapshotRequest, TaskAck, TaskControl, TaskId};
+use crate::types::{Barrier, SnapshotType};
+
+/// Why an attempt ended badly, as seen by the coordinator.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    /// A task failed.
+    #[error("task {task} failed: {reason}")]
+    TaskFailed { task: TaskId, reason: String },
+    /// Too many checkpoints failed in a row.
+    #[error(
+        "{failures} checkpoints failed in a row (tolerable: {tolerable}); last failure: {last}"
+    )]
+    TooManyCheckpointFailures {
+        failures: u32,
+        tolerable: u32,
+        last: String,
+    },
+    /// A newer attempt exists: this one is a zombie and must stop without side effects.
+    #[error("attempt {attempt} is fenced by newer attempt {newer}; stopping without committing")]
+    Fenced { attempt: u64, newer: u64 },
+    /// The job was cancelled from outside.
+    #[error("job cancelled")]
+    Cancelled,
+}
+
+/// A completed snapshot, as reported to status and progress.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompletedSnapshot {
+    /// Checkpoint id.
+    pub id: u64,
+    /// Attempt.
+    pub attempt: u64,
+    /// Checkpoint or savepoint.
+    pub kind: SnapshotType,
+    /// Full location of the snapshot directory.
+    pub location: String,
+    /// Bytes of state.
+    pub size_bytes: u64,
+    /// Trigger to completion.
+    pub duration: Duration,
+    /// Completion time (unix ms).
+    pub completed_at_ms: u64,
+}
+
+/// Live facts about a running attempt (progress display, control API, metrics).
+#[derive(Debug, Default, Clone)]
+pub struct JobProgress {
+    /// Newest completed checkpoint.
+    pub last_checkpoint: Option<CompletedSnapshot>,
+    /// Newest completed savepoint.
+    pub last_savepoint: Option<CompletedSnapshot>,
+    /// Completed snapshots in this attempt.
+    pub completed: u64,
+    /// Failed or aborted checkpoints in this attempt.
+    pub failed: u64,
+    /// Durations of completed checkpoints in this attempt (ms), for percentiles.
+    pub durations_ms: Vec<u64>,
+}
+
+/// Decides when the next periodic checkpoint starts (pure).
+#[derive(Debug, Clone)]
+pub struct CheckpointScheduler {
+    config: CheckpointConfig,
+    last_trigger: Option<Instant>,
+    last_completion: Option<Instant>,
+    started: Instant,
+}
+
+impl CheckpointScheduler {
+    /// A scheduler that starts counting at `now`.
+    pub fn new(config: CheckpointConfig, now: Instant) -> Self {
+        Self {
+            config,
+            last_trigger: None,
+            last_completion: None,
+            started: now,
+        }
+    }
+    /// When the next periodic checkpoint may start, given `in_flight` checkpoints; `None` when
+    /// periodic checkpoints are off or `max_concurrent` are in flight.
+    pub fn next_trigger_at(&self, in_flight: usize) -> Option<Instant> {
+        let interval = self.config.interval?;
+        if in_flight >= self.config.max_concurrent {
+            return None;
+        }
+        let by_interval = self.last_trigger.unwrap_or(self.started) + interval;
+        let by_pause = self.last_completion.map(|c| c + self.config.min_pause);
+        Some(match by_pause {
+            Some(p) if p > by_interval => p,
+            _ => by_interval,
+        })
+    }
+    /// A checkpoint was triggered at `now`.
+    pub fn triggered(&mut self, now: Instant) {
+        self.last_trigger = Some(now);
+    }
+    /// A checkpoint ended (completed or failed) at `now`.
+    pub fn ended(&mut self, now: Instant) {
+        self.last_completion = Some(now);
+    }
+}
+
+/// A checkpoint waiting for acknowledgements.
+#[derive(Debug)]
+pub struct PendingCheckpoint {
+    /// The barrier.
+    pub barrier: Barrier,
+    /// When it was triggered.
+    pub started: Instant,
+    /// Wall-clock trigger time (unix ms).
+    pub started_ms: u64,
+    /// Acks so far.
+    pub acks: Vec<TaskAck>,
+    /// Tasks that still have to acknowledge.
+    pub waiting: HashSet<TaskId>,
+    /// Who asked for it (savepoints, on-demand checkpoints).
+    pub requesters: Vec<Sender<Result<CompletedSnapshot, String>>>,
+}
+
+/// Outcome of an acknowledgement.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// More acks are needed.
+    Waiting,
+    /// Every task acknowledged: write the manifest.
+    AllAcknowledged,
+    /// The checkpoint is not pending (aborted or unknown): ignore.
+    Unknown,
+}
+
+/// Checkpoints in flight (pure bookkeeping).
+#[derive(Debug, Default)]
+pub struct PendingCheckpoints {
+    pending: BTreeMap<u64, PendingCheckpoint>,
+}
+
+impl PendingCheckpoints {
+    /// Start tracking a checkpoint that every task in `tasks` must acknowledge.
+    pub fn start(&mut self, barrier: Barrier, tasks: &[TaskId], now: Instant, now_ms: u64) {
+        self.pending.insert(
+            barrier.id,
+            PendingCheckpoint {
+                barrier,
+                started: now,
+                started_ms: now_ms,
+                acks: Vec::new(),
+                waiting: tasks.iter().copied().collect(),
+                requesters: Vec::new(),
+            },
+        );
+    }
+    /// Number in flight.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+    /// True when none is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+    /// Attach a requester to a pending checkpoint.
+    pub fn add_requester(&mut self, id: u64, reply: Sender<Result<CompletedSnapshot, String>>) {
+        if let Some(p) = self.pending.get_mut(&id) {
+            p.requesters.push(reply);
+        }
+    }
+    /// Record an acknowledgement.
+    pub fn ack(&mut self, ack: TaskAck) -> AckOutcome {
+        let Some(p) = self.pending.get_mut(&ack.checkpoint_id) else {
+            return AckOutcome::Unknown;
+        };
+        if !p.waiting.remove(&ack.task) {
+            return AckOutcome::Unknown;
+        }
+        p.acks.push(ack);
+        if p.waiting.is_empty() {
+            AckOutcome::AllAcknowledged
+        } else {
+            AckOutcome::Waiting
+        }
+    }
+    /// Remove and return a checkpoint.
+    pub fn take(&mut self, id: u64) -> Option<PendingCheckpoint> {
+        self.pending.remove(&id)
+    }
+    /// Ids of checkpoints older than `timeout` at `now`.
+    pub fn timed_out(&self, now: Instant, timeout: Duration) -> Vec<u64> {
+        self.pending
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.started) >= timeout)
+            .map(|(&id, _)| id)
+            .collect()
+    }
+    /// Earliest deadline among pending checkpoints.
+    pub fn next_deadline(&self, timeout: Duration) -> Option<Instant> {
+        self.pending.values().map(|p| p.started + timeout).min()
+    }
+    /// Every pending id.
+    pub fn ids(&self) -> Vec<u64> {
+        self.pending.keys().copied().collect()
+    }
+}
+
+/// Assemble the manifest of a fully acknowledged checkpoint (pure).
+pub fn build_manifest(
+    job_name: &str,
+    attempt: u64,
+    parallelism: u32,
+    max_parallelism: u32,
+    pending: &PendingCheckpoint,
+    now_ms: u64,
+) -> Manifest {
+    let kind = match pending.barrier.kind {
+        SnapshotType::Checkpoint => SnapshotKind::Checkpoint,
+        SnapshotType::Savepoint { .. } => SnapshotKind::Savepoint,
+    };
+    let mut manifest = Manifest::new(kind, attempt, pending.barrier.id, job_name);
+    manifest.created_at_ms = pending.started_ms;
+    manifest.duration_ms = now_ms.saturating_sub(pending.started_ms);
+    manifest.parallelism = parallelism;
+    manifest.max_parallelism = max_parallelism;
+    let mut by_operator: BTreeMap<String, Vec<SubtaskState>> = BTreeMap::new();
+    let mut acks: Vec<&TaskAck> = pending.acks.iter().collect();
+    acks.sort_by_key(|a| a.task);
+    for ack in acks {
+        for (operator_id, file) in &ack.files {
+            by_operator
+                .entry(operator_id.clone())
+                .or_default()
+                .push(SubtaskState {
+                    subtask: ack.task.subtask,
+                    key_group_start: ack.key_groups.start,
+                    key_group_end: ack.key_groups.end,
+                    files: vec![file.clone()],
+                });
+        }
+    }
+    manifest.operators = by_operator
+        .into_iter()
+        .map(|(operator_id, subtasks)| OperatorState {
+            operator_id,
+            subtasks,
+        })
+        .collect();
+    if pending.barrier.is_final {
+        manifest.metadata.insert("final".into(), "true".into());
+    }
+    manifest
+}
+
+/// Fixed facts of the attempt the coordinator serves.
+pub struct CoordinatorSetup {
+    /// Job name.
+    pub job_name: String,
+    /// Attempt number.
+    pub attempt: u64,
+    /// First checkpoint id of this attempt.
+    pub first_checkpoint_id: u64,
+    /// Parallelism.
+    pub parallelism: u32,
+    /// Key groups.
+    pub max_parallelism: u32,
+    /// Schedule and limits.
+    pub config: CheckpointConfig,
+    /// Every task (all must acknowledge).
+    pub tasks: Vec<TaskId>,
+    /// Source tasks (they receive triggers).
+    pub sources: Vec<TaskId>,
+    /// Control channel of each task.
+    pub controls: Vec<(TaskId, Sender<TaskControl>)>,
+    /// Snapshot storage (job root).
+    pub store: Arc<dyn SnapshotStore>,
+    /// Runtime for storage I/O.
+    pub runtime: tokio::runtime::Handle,
+    /// Shared progress.
+    pub progress: Arc<Mutex<JobProgress>>,
+}
+
+/// How the attempt ended, from the coordinator's point of view.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttemptEnd {
+    /// Bounded input fully processed and committed.
+    Finished,
+    /// Stopped with a savepoint.
+    Stopped(CompletedSnapshot),
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs the coordinator until every task finished (Ok) or the attempt fails (Err).
+pub fn run_coordinator(
+    setup: CoordinatorSetup,
+    events: Receiver<CoordinatorEvent>,
+) -> Result<AttemptEnd, CoordinatorError> {
+    let mut scheduler = CheckpointScheduler::new(setup.config.clone(), Instant::now());
+    let mut pending = PendingCheckpoints::default();
+    let mut next_id = setup.first_checkpoint_id;
+    let mut finished_sources: HashSet<TaskId> = HashSet::new();
+    let mut finished_tasks: HashSet<TaskId> = HashSet::new();
+    let mut final_triggered: Option<u64> = None;
+    let mut stop_savepoint: Option<CompletedSnapshot> = None;
+    let mut consecutive_failures = 0u32;
+    let send_all = |message: TaskControl| {
+        for (_, control) in &setup.controls {
+            let _ = control.send(message.clone());
+        }
+    };
+    let trigger = |barrier: Barrier| {
+        for (task, control) in &setup.controls {
+            if setup.sources.contains(task) {
+                let _ = control.send(TaskControl::TriggerBarrier(barrier));
+            }
+        }
+    };
+    let fail = |error: CoordinatorError| {
+        send_all(TaskControl::Cancel);
+        Err(error)
+    };
+
+    loop {
+        if finished_tasks.len() == setup.tasks.len() {
+            return Ok(match stop_savepoint {
+                Some(s) => AttemptEnd::Stopped(s),
+                None => AttemptEnd::Finished,
+            });
+        }
+        let now = Instant::now();
+        // Periodic trigger (not once sources are finishing).
+        let all_sources_done = finished_sources.len() == setup.sources.len();
+        if all_sources_done && final_triggered.is_none() && pending.is_empty() {
+            let barrier = Barrier {
+                id: next_id,
+                kind: SnapshotType::Checkpoint,
+                is_final: true,
+            };
+            next_id += 1;
+            pending.start(barrier, &setup.tasks, now, now_ms());
+            scheduler.triggered(now);
+            final_triggered = Some(barrier.id);
+            tracing::info!(
+                checkpoint_id = barrier.id,
+                "all sources finished: final checkpoint triggered"
+            );
+            trigger(barrier);
+        } else if !all_sources_done
+            && finished_sources.is_empty()
+            && scheduler
+                .next_trigger_at(pending.len())
+                .is_some_and(|t| t <= now)
+        {
+            let barrier = Barrier {
+                id: next_id,
+                kind: SnapshotType::Checkpoint,
+                is_final: false,
+            };
+            next_id += 1;
+            pending.start(barrier, &setup.tasks, now, now_ms());
+            scheduler.triggered(now);
+            tracing::debug!(checkpoint_id = barrier.id, "checkpoint triggered");
+            trigger(barrier);
+        }
+        // Timeouts.
+        for id in pending.timed_out(now, setup.config.timeout) {
+            if let Some(p) = pending.take(id) {
+                let reason = format!("checkpoint {id} timed out after {:?}", setup.config.timeout);
+                abort(&setup, p, &reason, &send_all);
+                scheduler.ended(now);
+                if final_triggered == Some(id) {
+                    final_triggered = None;
+                }
+                consecutive_failures += 1;
+                if let Ok(mut progress) = setup.progress.lock() {
+                    progress.failed += 1;
+                }
+                if consecutive_failures > setup.config.tolerable_failures {
+                    return fail(CoordinatorError::TooManyCheckpointFailures {
+                        failures: consecutive_failures,
+                        tolerable: setup.config.tolerable_failures,
+                        last: reason,
+                    });
+                }
+            }
+        }
+        // Wait for the next event or deadline.
+        let mut deadline = now + Duration::from_millis(500);
+        if let Some(t) = scheduler.next_trigger_at(pending.len()) {
+            deadline = deadline.min(t.max(now));
+        }
+        if let Some(t) = pending.next_deadline(setup.config.timeout) {
+            deadline = deadline.min(t.max(now));
+        }
+        let event = match events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(e) => e,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return fail(CoordinatorError::Cancelled),
+        };
+        match event {
+            CoordinatorEvent::Ack(ack) => {
+                let id = ack.checkpoint_id;
+                if pending.ack(ack) == AckOutcome::AllAcknowledged {
+                    let p = pending
+                        .take(id)
+                        .expect("acknowledged checkpoint is pending");
+                    match complete(&setup, p, &send_all) {
+                        Ok(done) => {
+                            consecutive_failures = 0;
+                            scheduler.ended(Instant::now());
+                            if done.kind.stops_job() {
+                                stop_savepoint = Some(done);
+                            }
+                        }
+                        Err(CompleteError::Fenced(newer)) => {
+                            return fail(CoordinatorError::Fenced {
+                                attempt: setup.attempt,
+                                newer,
+                            })
+                        }
+                        Err(CompleteError::Failed(reason)) => {
+                            scheduler.ended(Instant::now());
+                            if final_triggered == Some(id) {
+                                final_triggered = None;
+                            }
+                            consecutive_failures += 1;
+                            if consecutive_failures > setup.config.tolerable_failures {
+                                return fail(CoordinatorError::TooManyCheckpointFailures {
+                                    failures: consecutive_failures,
+                                    tolerable: setup.config.tolerable_failures,
+                                    last: reason,
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+            CoordinatorEvent::Declined {
+                checkpoint_id,
+                task,
+                reason,
+            } => {
+                if let Some(p) = pending.take(checkpoint_id) {
+                    let reason =
+                        format!("task {task} declined checkpoint {checkpoint_id}: {reason}");
+                    abort(&setup, p, &reason, &send_all);
+                    scheduler.ended(Instant::now());
+                    if final_triggered == Some(checkpoint_id) {
+                        final_triggered = None;
+                    }
+                    consecutive_failures += 1;
+                    if consecutive_failures > setup.config.tolerable_failures {
+                        return fail(CoordinatorError::TooManyCheckpointFailures {
+                            failures: consecutive_failures,
+                            tolerable: setup.config.tolerable_failures,
+                            last: reason,
+                        });
+                    }
+                }
+            }
+            CoordinatorEvent::SourceFinished(task) => {
+                finished_sources.insert(task);
+            }
+            CoordinatorEvent::TaskFinished(task) => {
+                finished_tasks.insert(task);
+            }
+            CoordinatorEvent::TaskFailed { task, reason } => {
+                return fail(CoordinatorError::TaskFailed { task, reason });
+            }
+            CoordinatorEvent::Request(SnapshotRequest { kind, reply }) => {
+                if !finished_sources.is_empty() {
+                    let _ = reply.send(Err(
+                        "the job is finishing; no new snapshots are taken".into()
+                    ));
+                    continue;
+                }
+                let barrier = Barrier {
+                    id: next_id,
+                    kind,
+                    is_final: false,
+                };
+                next_id += 1;
+                pending.start(barrier, &setup.tasks, Instant::now(), now_ms());
+                pending.add_requester(barrier.id, reply);
+                tracing::info!(checkpoint_id = barrier.id, ?kind, "snapshot requested");
+                trigger(barrier);
+            }
+        }
+    }
+}
+
+enum CompleteError {
+    Fenced(u64),
+    Failed(String),
+}
+
+fn complete(
+    setup: &CoordinatorSetup,
+    p: PendingCheckpoint,
+    send_all: &dyn Fn(TaskControl),
+) -> Result<CompletedSnapshot, CompleteError> {
+    let manifest = build_manifest(
+        &setup.job_name,
+        setup.attempt,
+        setup.parallelism,
+        setup.max_parallelism,
+        &p,
+        now_ms(),
+    );
+    let store = Arc::clone(&setup.store);
+    let written = setup.runtime.block_on(async {
+        let dir = commit_manifest(store.as_ref(), &manifest).await?;
+        // Fencing: the manifest is written; a newer attempt that exists now may not have seen it, so
+        // this attempt must not commit side effects for it.
+        let newest = newest_attempt(store.as_ref()).await?;
+        Ok::<_, CatalogError>((dir, newest))
+    });
+    let (dir, newest) = match written {
+        Ok(v) => v,
+        Err(CatalogError::Fenced { newest, .. }) => {
+            for r in &p.requesters {
+                let _ = r.send(Err(format!(
+                    "attempt {} was fenced by attempt {newest}",
+                    setup.attempt
+                )));
+            }
+            return Err(CompleteError::Fenced(newest));
+        }
+        Err(e) => {
+            let reason = format!(
+                "failed to write the manifest of checkpoint {}: {e}",
+                p.barrier.id
+            );
+            abort(setup, p, &reason, send_all);
+            return Err(CompleteError::Failed(reason));
+        }
+    };
+    if let Some(newer) = newest.filter(|&n| n > setup.attempt) {
+        for r in &p.requesters {
+            let _ = r.send(Err(format!(
+                "attempt {} was fenced by attempt {newer}",
+                setup.attempt
+            )));
+        }
+        return Err(CompleteError::Fenced(newer));
+    }
+    let done = CompletedSnapshot {
+        id: p.barrier.id,
+        attempt: setup.attempt,
+        kind: p.barrier.kind,
+        location: setup.store.location(&dir.path()),
+        size_bytes: manifest.total_size(),
+        duration: p.started.elapsed(),
+        completed_at_ms: now_ms(),
+    };
+    tracing::info!(
+        checkpoint_id = done.id,
+        kind = ?done.kind,
+        bytes = done.size_bytes,
+        duration_ms = done.duration.as_millis() as u64,
+        location = %done.location,
+        "snapshot complete"
+    );
+    send_all(TaskControl::NotifyComplete(done.id));
+    if let Ok(mut progress) = setup.progress.lock() {
+        progress.completed += 1;
+        progress.durations_ms.push(done.duration.as_millis() as u64);
+        match done.kind {
+            SnapshotType::Checkpoint => progress.last_checkpoint = Some(done.clone()),
+            SnapshotType::Savepoint { .. } => progress.last_savepoint = Some(done.clone()),
+        }
+    }
+    for r in &p.requesters {
+        let _ = r.send(Ok(done.clone()));
+    }
+    if matches!(done.kind, SnapshotType::Checkpoint) {
+        let store = Arc::clone(&setup.store);
+        let retained = setup.config.retained;
+        setup.runtime.spawn(async move {
+            if let Err(e) = apply_retention(store.as_ref(), retained, &BTreeSet::new(), &BTreeSet::new()).await {
+                tracing::warn!(error = %e, "checkpoint retention failed; old checkpoints stay until the next run");
+            }
+        });
+    }
+    Ok(done)
+}
+
+fn abort(
+    setup: &CoordinatorSetup,
+    p: PendingCheckpoint,
+    reason: &str,
+    send_all: &dyn Fn(TaskControl),
+) {
+    tracing::warn!(checkpoint_id = p.barrier.id, reason, "checkpoint aborted");
+    send_all(TaskControl::NotifyAborted(p.barrier.id));
+    for r in &p.requesters {
+        let _ = r.send(Err(reason.to_string()));
+    }
+    let kind = match p.barrier.kind {
+        SnapshotType::Checkpoint => SnapshotKind::Checkpoint,
+        SnapshotType::Savepoint { .. } => SnapshotKind::Savepoint,
+    };
+    let dir = SnapshotLayout::dir(kind, setup.attempt, p.barrier.id).path();
+    let store = Arc::clone(&setup.store);
+    setup.runtime.spawn(async move {
+        // Uploads still in flight may land after this; retention removes such leftovers later.
+        if let Err(e) = delete_snapshot_dir(store.as_ref(), &dir).await {
+            tracing::warn!(error = %e, dir, "failed to delete an aborted checkpoint's files");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(interval_ms: u64, min_pause_ms: u64, max_concurrent: usize) -> CheckpointConfig {
+        CheckpointConfig::enabled(Duration::from_millis(interval_ms))
+            .with_min_pause(Duration::from_millis(min_pause_ms))
+            .with_max_concurrent(max_concurrent)
+    }
+
+    #[test]
+    fn scheduler_respects_interval_min_pause_and_max_concurrent() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut s = CheckpointScheduler::new(config(1000, 0, 1), t0);
+        assert_eq!(s.next_trigger_at(0), Some(t0 + ms(1000)));
+        assert_eq!(s.next_trigger_at(1), None, "max concurrent reached");
+        s.triggered(t0 + ms(1000));
+        assert_eq!(s.next_trigger_at(0), Some(t0 + ms(2000)));
+
+        let mut s = CheckpointScheduler::new(config(1000, 800, 2), t0);
+        s.triggered(t0 + ms(1000));
+        assert_eq!(
+            s.next_trigger_at(1),
+            Some(t0 + ms(2000)),
+            "second concurrent allowed"
+        );
+        s.ended(t0 + ms(1900));
+        assert_eq!(
+            s.next_trigger_at(0),
+            Some(t0 + ms(2700)),
+            "min pause after completion wins"
+        );
+        assert_eq!(
+            CheckpointScheduler::new(CheckpointConfig::disabled(), t0).next_trigger_at(0),
+            None
+        );
+    }
+
+    fn ack(id: u64, vertex: u32, subtask: u32) -> TaskAck {
+        TaskAck {
+            checkpoint_id: id,
+            task: TaskId { vertex, subtask },
+            key_groups: 0..4,
+            files: vec![(
+                format!("op{vertex}"),
+                streamjob_checkpoint::manifest::FileRef {
+                    key: format!("checkpoints/000001-{id:010}/op{vertex}/{subtask:04}.state"),
+                    size: 10,
+                    crc32c: 1,
+                },
+            )],
+            bytes: 10,
+        }
+    }
+
+    #[test]
+    fn pending_completes_only_with_every_ack_and_times_out() {
+        let t0 = Instant::now();
+        let tasks = [
+            TaskId {
+                vertex: 0,
+                subtask: 0,
+            },
+            TaskId {
+                vertex: 1,
+                subtask: 0,
+            },
+        ];
+        let barrier = Barrier {
+            id: 7,
+            kind: SnapshotType::Checkpoint,
+            is_final: false,
+        };
+        let mut p = PendingCheckpoints::default();
+        p.start(barrier, &tasks, t0, 0);
+        assert_eq!(p.ack(ack(7, 0, 0)), AckOutcome::Waiting);
+        assert_eq!(
+            p.ack(ack(7, 0, 0)),
+            AckOutcome::Unknown,
+            "duplicate ack ignored"
+        );
+        assert_eq!(
+            p.ack(ack(8, 1, 0)),
+            AckOutcome::Unknown,
+            "unknown checkpoint"
+        );
+        assert!(p
+            .timed_out(t0 + Duration::from_secs(1), Duration::from_secs(2))
+            .is_empty());
+        assert_eq!(
+            p.timed_out(t0 + Duration::from_secs(3), Duration::from_secs(2)),
+            vec![7]
+        );
+        assert_eq!(p.ack(ack(7, 1, 0)), AckOutcome::AllAcknowledged);
+        let done = p.take(7).unwrap();
+        let manifest = build_manifest("job", 1, 1, 4, &done, 5);
+        assert_eq!(manifest.checkpoint_id, 7);
+        assert_eq!(manifest.operators.len(), 2);
+        assert_eq!(manifest.total_size(), 20);
+        assert!(p.is_empty());
+    }
+}

@@ -1,0 +1,279 @@
+//! Runs one attempt of a job graph: loads the snapshot to restore (verified), starts the checkpoint
+//! coordinator and one thread per subtask, and reports how the attempt ended. A task that fails or
+//! panics fails the attempt; the caller (local mode, or the operator for worker pods) restarts it.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use streamjob_checkpoint::manifest::Manifest;
+use streamjob_checkpoint::store::SnapshotStore;
+
+use crate::control::{CoordinatorEvent, SnapshotRequest, TaskId};
+use crate::coordinator::{
+    run_coordinator, AttemptEnd, CompletedSnapshot, CoordinatorError, CoordinatorSetup, JobProgress,
+};
+use crate::keygroup::key_group_range;
+use crate::operator::OperatorContext;
+use crate::restore::{RestoreData, RestoreError, RestoreView};
+use crate::stream::JobGraph;
+use crate::task::{TaskEnv, TaskError, TaskMetrics, Uploader};
+use crate::types::SnapshotType;
+
+/// Why an attempt could not start or did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The snapshot to restore is unusable.
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
+    /// The attempt failed while running.
+    #[error(transparent)]
+    Failed(#[from] CoordinatorError),
+    /// A thread could not be started.
+    #[error("failed to start a task thread: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// What an attempt starts from.
+pub struct AttemptSpec {
+    /// Attempt number (already recorded in storage by the caller).
+    pub attempt: u64,
+    /// Snapshot storage of the job.
+    pub store: Arc<dyn SnapshotStore>,
+    /// Snapshot to restore: its manifest and location.
+    pub restore: Option<(Manifest, String)>,
+    /// Drop state of operators the job no longer has instead of failing.
+    pub allow_non_restored_state: bool,
+}
+
+/// A running attempt.
+pub struct JobHandle {
+    events: Sender<CoordinatorEvent>,
+    progress: Arc<Mutex<JobProgress>>,
+    metrics: Vec<(TaskId, bool, Arc<TaskMetrics>)>,
+    cancelled: Arc<std::sync::atomic::AtomicBool>,
+    coordinator: JoinHandle<Result<AttemptEnd, CoordinatorError>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl JobHandle {
+    /// Ask for a snapshot now; the receiver gets its outcome.
+    pub fn request_snapshot(
+        &self,
+        kind: SnapshotType,
+    ) -> Receiver<Result<CompletedSnapshot, String>> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        if self
+            .events
+            .send(CoordinatorEvent::Request(SnapshotRequest {
+                kind,
+                reply: reply.clone(),
+            }))
+            .is_err()
+        {
+            let _ = reply.send(Err("the job is not running".into()));
+        }
+        rx
+    }
+    /// Records read by the sources so far.
+    pub fn source_records(&self) -> u64 {
+        self.metrics
+            .iter()
+            .filter(|(_, source, _)| *source)
+            .map(|(_, _, m)| m.records())
+            .sum()
+    }
+    /// Live checkpoint facts.
+    pub fn progress(&self) -> JobProgress {
+        self.progress.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+    /// True once the attempt ended.
+    pub fn is_finished(&self) -> bool {
+        self.coordinator.is_finished()
+    }
+    /// Stop the attempt without a snapshot.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+        let _ = self.events.send(CoordinatorEvent::TaskFailed {
+            task: TaskId {
+                vertex: u32::MAX,
+                subtask: 0,
+            },
+            reason: "cancelled by the user".into(),
+        });
+    }
+    /// Wait for the attempt to end.
+    pub fn join(self) -> Result<AttemptEnd, JobError> {
+        let result = self.coordinator.join().unwrap_or_else(|_| {
+            Err(CoordinatorError::TaskFailed {
+                task: TaskId {
+                    vertex: u32::MAX,
+                    subtask: 0,
+                },
+                reason: "the checkpoint coordinator panicked".into(),
+            })
+        });
+        if result.is_err() {
+            self.cancelled.store(true, Ordering::Relaxed);
+        }
+        for task in self.tasks {
+            let _ = task.join();
+        }
+        Ok(result?)
+    }
+}
+
+/// Start one attempt of `graph`. Blocks while the snapshot to restore is downloaded and verified.
+pub fn start(
+    graph: JobGraph,
+    spec: AttemptSpec,
+    runtime: &tokio::runtime::Handle,
+) -> Result<JobHandle, JobError> {
+    let config = graph.config.clone();
+    let p = config.parallelism;
+    let restore_data = match &spec.restore {
+        Some((manifest, location)) => {
+            let data = runtime.block_on(RestoreData::load(
+                Arc::clone(&spec.store),
+                manifest,
+                location,
+            ))?;
+            data.check_compatible(
+                &graph.operator_ids,
+                config.max_parallelism,
+                manifest,
+                location,
+                spec.allow_non_restored_state,
+            )?;
+            Some(Arc::new(data))
+        }
+        None => None,
+    };
+    let first_checkpoint_id = spec
+        .restore
+        .as_ref()
+        .map_or(1, |(m, _)| m.checkpoint_id + 1);
+    let (events_tx, events_rx) = unbounded();
+    let progress = Arc::new(Mutex::new(JobProgress::default()));
+    let uploader = Uploader {
+        store: Arc::clone(&spec.store),
+        runtime: runtime.clone(),
+        attempt: spec.attempt,
+    };
+
+    let mut tasks = Vec::new();
+    let mut controls = Vec::new();
+    let mut all = Vec::new();
+    let mut sources = Vec::new();
+    let mut metrics = Vec::new();
+    let mut envs = Vec::new();
+    for (v, vertex) in graph.vertices.into_iter().enumerate() {
+        for (s, body) in vertex.bodies.into_iter().enumerate() {
+            let id = TaskId {
+                vertex: v as u32,
+                subtask: s as u32,
+            };
+            let (control_tx, control_rx) = unbounded();
+            let key_groups = key_group_range(s as u32, config.max_parallelism, p);
+            let task_metrics = Arc::new(TaskMetrics::default());
+            let env = TaskEnv {
+                id,
+                ctx: OperatorContext {
+                    job_name: config.name.clone(),
+                    operator_id: String::new(),
+                    subtask: s as u32,
+                    parallelism: p,
+                    max_parallelism: config.max_parallelism,
+                    key_groups: key_groups.clone(),
+                    attempt: spec.attempt,
+                    restored_checkpoint: spec.restore.as_ref().map(|(m, _)| m.checkpoint_id),
+                },
+                control: control_rx,
+                events: events_tx.clone(),
+                cancelled: Arc::clone(&graph.cancelled),
+                restored: restore_data.as_ref().map_or_else(RestoreView::empty, |d| {
+                    RestoreView::new(Arc::clone(d), s as u32, p, key_groups)
+                }),
+                uploader: uploader.clone(),
+                mode: config.checkpoints.mode,
+                batch_size: config.batch_size,
+                metrics: Arc::clone(&task_metrics),
+            };
+            controls.push((id, control_tx));
+            all.push(id);
+            if vertex.is_source {
+                sources.push(id);
+            }
+            metrics.push((id, vertex.is_source, task_metrics));
+            envs.push((format!("{}#{}", vertex.name, s), body, env));
+        }
+    }
+
+    let setup = CoordinatorSetup {
+        job_name: config.name.clone(),
+        attempt: spec.attempt,
+        first_checkpoint_id,
+        parallelism: p,
+        max_parallelism: config.max_parallelism,
+        config: config.checkpoints.clone(),
+        tasks: all,
+        sources,
+        controls,
+        store: Arc::clone(&spec.store),
+        runtime: runtime.clone(),
+        progress: Arc::clone(&progress),
+    };
+    let coordinator = std::thread::Builder::new()
+        .name("coordinator".into())
+        .spawn(move || run_coordinator(setup, events_rx))
+        .map_err(JobError::Spawn)?;
+
+    for (name, body, env) in envs {
+        let events = env.events.clone();
+        let id = env.id;
+        let handle = std::thread::Builder::new()
+            .name(name.chars().take(15).collect())
+            .spawn(move || {
+                let outcome = catch_unwind(AssertUnwindSafe(|| body(env)));
+                let event = match outcome {
+                    Ok(Ok(())) => CoordinatorEvent::TaskFinished(id),
+                    Ok(Err(TaskError::Cancelled)) => return,
+                    Ok(Err(e)) => CoordinatorEvent::TaskFailed {
+                        task: id,
+                        reason: e.to_string(),
+                    },
+                    Err(panic) => CoordinatorEvent::TaskFailed {
+                        task: id,
+                        reason: format!("panicked: {}", panic_message(&panic)),
+                    },
+                };
+                if let CoordinatorEvent::TaskFailed { reason, .. } = &event {
+                    tracing::error!(task = %id, task_name = %name, reason, "task failed");
+                }
+                let _ = events.send(event);
+            })
+            .map_err(JobError::Spawn)?;
+        tasks.push(handle);
+    }
+
+    Ok(JobHandle {
+        events: events_tx,
+        progress,
+        metrics,
+        cancelled: graph.cancelled,
+        coordinator,
+        tasks,
+    })
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".into()
+    }
+}

@@ -1,0 +1,184 @@
+//! Stateless operators: map, filter, flat_map, and timestamp/watermark assignment.
+
+use std::marker::PhantomData;
+
+use crate::operator::{OperatorError, Output, StreamOperator};
+use crate::types::Timestamp;
+
+/// `map`: one output per input.
+pub struct Map<F, I> {
+    f: F,
+    _in: PhantomData<fn(I)>,
+}
+
+impl<F, I> Map<F, I> {
+    /// Wrap a function.
+    pub fn new(f: F) -> Self {
+        Self {
+            f,
+            _in: PhantomData,
+        }
+    }
+}
+
+impl<I, O, F> StreamOperator<I, O> for Map<F, I>
+where
+    F: FnMut(I) -> O + Send,
+{
+    fn process_batch(&mut self, batch: Vec<I>, out: &mut Output<O>) -> Result<(), OperatorError> {
+        out.extend(batch.into_iter().map(&mut self.f));
+        Ok(())
+    }
+}
+
+/// `filter`: keeps the records the predicate accepts (in place, no copy).
+pub struct Filter<F> {
+    f: F,
+}
+
+impl<F> Filter<F> {
+    /// Wrap a predicate.
+    pub fn new(f: F) -> Self {
+        Self { f }
+    }
+}
+
+impl<T, F> StreamOperator<T, T> for Filter<F>
+where
+    F: FnMut(&T) -> bool + Send,
+{
+    fn process_batch(
+        &mut self,
+        mut batch: Vec<T>,
+        out: &mut Output<T>,
+    ) -> Result<(), OperatorError> {
+        batch.retain(|r| (self.f)(r));
+        if out.records.is_empty() {
+            out.records = batch;
+        } else {
+            out.extend(batch);
+        }
+        Ok(())
+    }
+}
+
+/// `flat_map`: zero or more outputs per input.
+pub struct FlatMap<F, I> {
+    f: F,
+    _in: PhantomData<fn(I)>,
+}
+
+impl<F, I> FlatMap<F, I> {
+    /// Wrap a function.
+    pub fn new(f: F) -> Self {
+        Self {
+            f,
+            _in: PhantomData,
+        }
+    }
+}
+
+impl<I, O, F, It> StreamOperator<I, O> for FlatMap<F, I>
+where
+    F: FnMut(I) -> It + Send,
+    It: IntoIterator<Item = O>,
+{
+    fn process_batch(&mut self, batch: Vec<I>, out: &mut Output<O>) -> Result<(), OperatorError> {
+        for record in batch {
+            out.extend((self.f)(record));
+        }
+        Ok(())
+    }
+}
+
+/// Assigns watermarks with bounded out-of-orderness (Flink `WatermarkStrategy.forBoundedOutOfOrderness`):
+/// after each batch the watermark becomes `max event time seen - bound`. Like Flink's
+/// `assignTimestampsAndWatermarks`, it replaces upstream watermarks, except the final `MAX` watermark
+/// of a bounded input, which it forwards.
+pub struct BoundedOutOfOrderness<F> {
+    timestamp_of: F,
+    bound_ms: i64,
+    max_seen: Timestamp,
+    emitted: Timestamp,
+}
+
+impl<F> BoundedOutOfOrderness<F> {
+    /// `timestamp_of` extracts the event time of a record; `bound_ms` is the allowed lateness.
+    pub fn new(timestamp_of: F, bound_ms: i64) -> Self {
+        Self {
+            timestamp_of,
+            bound_ms,
+            max_seen: Timestamp::MIN,
+            emitted: Timestamp::MIN,
+        }
+    }
+}
+
+impl<T, F> StreamOperator<T, T> for BoundedOutOfOrderness<F>
+where
+    F: Fn(&T) -> Timestamp + Send,
+{
+    fn process_batch(&mut self, batch: Vec<T>, out: &mut Output<T>) -> Result<(), OperatorError> {
+        for r in &batch {
+            self.max_seen = self.max_seen.max((self.timestamp_of)(r));
+        }
+        out.extend(batch);
+        let candidate = self.max_seen.saturating_sub(self.bound_ms);
+        if candidate > self.emitted {
+            self.emitted = candidate;
+            out.emit_watermark(candidate);
+        }
+        Ok(())
+    }
+    fn process_watermark(
+        &mut self,
+        watermark: Timestamp,
+        out: &mut Output<T>,
+    ) -> Result<(), OperatorError> {
+        if watermark == Timestamp::MAX {
+            out.emit_watermark(watermark);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_filter_flat_map() {
+        let mut out = Output::default();
+        Map::new(|x: i32| x * 2)
+            .process_batch(vec![1, 2, 3], &mut out)
+            .unwrap();
+        assert_eq!(out.take_records(), vec![2, 4, 6]);
+        Filter::new(|x: &i32| x % 2 == 1)
+            .process_batch(vec![1, 2, 3], &mut out)
+            .unwrap();
+        assert_eq!(out.take_records(), vec![1, 3]);
+        let mut words = Output::default();
+        FlatMap::new(|s: &str| s.split(' ').map(str::to_string).collect::<Vec<_>>())
+            .process_batch(vec!["a b", "c"], &mut words)
+            .unwrap();
+        assert_eq!(words.take_records(), vec!["a", "b", "c"]);
+    }
+
+    #[test]
+    fn bounded_out_of_orderness_trails_max_and_forwards_only_max() {
+        let mut op = BoundedOutOfOrderness::new(|x: &i64| *x, 10);
+        let mut out = Output::default();
+        op.process_batch(vec![100, 50, 120], &mut out).unwrap();
+        assert_eq!(out.watermark.take(), Some(110));
+        op.process_batch(vec![105], &mut out).unwrap();
+        assert_eq!(out.watermark.take(), None, "no regression, no repeat");
+        op.process_watermark(500, &mut out).unwrap();
+        assert_eq!(
+            out.watermark.take(),
+            None,
+            "upstream watermarks are replaced"
+        );
+        op.process_watermark(Timestamp::MAX, &mut out).unwrap();
+        assert_eq!(out.watermark.take(), Some(Timestamp::MAX));
+    }
+}

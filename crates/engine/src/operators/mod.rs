@@ -1,0 +1,5 @@
+//! Built-in operators, one per file.
+
+pub mod basic;
+pub mod keyed_process;
+pub mod window;

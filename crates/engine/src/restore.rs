@@ -1,0 +1,205 @@
+//! Restoring a job from a snapshot: download and verify every state file of the manifest once, then
+//! give each new subtask exactly its share — the key groups it owns (whatever the old parallelism
+//! was) and a round-robin share of operator list state (source splits, pending sink commits).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::sync::Arc;
+
+use futures::stream::{self, StreamExt, TryStreamExt};
+use streamjob_checkpoint::manifest::Manifest;
+use streamjob_checkpoint::state_file::{read_state_file, VerifyError};
+use streamjob_checkpoint::store::SnapshotStore;
+
+use crate::operator::{OperatorSnapshot, RestoredState};
+
+/// Why a snapshot cannot be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// A state file is missing or corrupt.
+    #[error("snapshot {location} cannot be restored: {source}")]
+    Verify {
+        location: String,
+        #[source]
+        source: VerifyError,
+    },
+    /// A state file does not decode.
+    #[error("state file {key} of snapshot {location} does not decode: {reason}")]
+    Decode {
+        location: String,
+        key: String,
+        reason: String,
+    },
+    /// The snapshot has state for operators the job does not have.
+    #[error("snapshot {location} holds state for operators this job does not have: {operators:?}; set allowNonRestoredState to drop it")]
+    UnknownOperators {
+        location: String,
+        operators: Vec<String>,
+    },
+    /// The snapshot was taken with another number of key groups.
+    #[error("snapshot {location} was taken with maxParallelism {snapshot}, the job has {job}; maxParallelism cannot change once a job has state")]
+    MaxParallelismChanged {
+        location: String,
+        snapshot: u32,
+        job: u32,
+    },
+}
+
+/// Old subtask's state of one operator.
+#[derive(Debug)]
+struct OldSubtask {
+    subtask: u32,
+    state: OperatorSnapshot,
+}
+
+/// The decoded state of a snapshot, shared by all tasks of the new attempt.
+#[derive(Debug, Default)]
+pub struct RestoreData {
+    operators: BTreeMap<String, Vec<OldSubtask>>,
+}
+
+impl RestoreData {
+    /// Download, verify (size + CRC-32C) and decode every state file of `manifest`.
+    pub async fn load(
+        store: Arc<dyn SnapshotStore>,
+        manifest: &Manifest,
+        location: &str,
+    ) -> Result<Self, RestoreError> {
+        let mut jobs = Vec::new();
+        for operator in &manifest.operators {
+            for subtask in &operator.subtasks {
+                for file in &subtask.files {
+                    jobs.push((operator.operator_id.clone(), subtask.subtask, file.clone()));
+                }
+            }
+        }
+        let loaded: Vec<(String, u32, OperatorSnapshot)> = stream::iter(jobs)
+            .map(|(operator, subtask, file)| {
+                let store = Arc::clone(&store);
+                async move {
+                    let bytes = read_state_file(store.as_ref(), &file)
+                        .await
+                        .map_err(|source| RestoreError::Verify {
+                            location: location.to_string(),
+                            source,
+                        })?;
+                    let state: OperatorSnapshot =
+                        bincode::deserialize(&bytes).map_err(|e| RestoreError::Decode {
+                            location: location.to_string(),
+                            key: file.key.clone(),
+                            reason: e.to_string(),
+                        })?;
+                    Ok::<_, RestoreError>((operator, subtask, state))
+                }
+            })
+            .buffer_unordered(8)
+            .try_collect()
+            .await?;
+        let mut operators: BTreeMap<String, Vec<OldSubtask>> = BTreeMap::new();
+        for (operator, subtask, state) in loaded {
+            operators
+                .entry(operator)
+                .or_default()
+                .push(OldSubtask { subtask, state });
+        }
+        for subtasks in operators.values_mut() {
+            subtasks.sort_by_key(|s| s.subtask);
+        }
+        Ok(Self { operators })
+    }
+
+    /// Check the snapshot fits a job with these operators and key groups.
+    pub fn check_compatible(
+        &self,
+        job_operators: &BTreeSet<String>,
+        max_parallelism: u32,
+        manifest: &Manifest,
+        location: &str,
+        allow_non_restored: bool,
+    ) -> Result<(), RestoreError> {
+        if manifest.max_parallelism != max_parallelism
+            && self
+                .operators
+                .values()
+                .flatten()
+                .any(|s| !s.state.keyed.is_empty())
+        {
+            return Err(RestoreError::MaxParallelismChanged {
+                location: location.to_string(),
+                snapshot: manifest.max_parallelism,
+                job: max_parallelism,
+            });
+        }
+        let unknown: Vec<String> = self
+            .operators
+            .keys()
+            .filter(|o| !job_operators.contains(*o))
+            .cloned()
+            .collect();
+        if !unknown.is_empty() {
+            if allow_non_restored {
+                tracing::warn!(operators = ?unknown, "dropping state of operators the job no longer has");
+            } else {
+                return Err(RestoreError::UnknownOperators {
+                    location: location.to_string(),
+                    operators: unknown,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One new subtask's window onto the restore data.
+#[derive(Clone, Default)]
+pub struct RestoreView {
+    data: Option<Arc<RestoreData>>,
+    subtask: u32,
+    parallelism: u32,
+    key_groups: Range<u32>,
+}
+
+impl RestoreView {
+    /// No state: a fresh start.
+    pub fn empty() -> Self {
+        Self::default()
+    }
+    /// The share of `data` for `subtask` of `parallelism` owning `key_groups`.
+    pub fn new(
+        data: Arc<RestoreData>,
+        subtask: u32,
+        parallelism: u32,
+        key_groups: Range<u32>,
+    ) -> Self {
+        Self {
+            data: Some(data),
+            subtask,
+            parallelism,
+            key_groups,
+        }
+    }
+    /// True when the job restored a snapshot.
+    pub fn is_restoring(&self) -> bool {
+        self.data.is_some()
+    }
+    /// This subtask's state of `operator_id`, if the snapshot has any.
+    pub fn state_for(&self, operator_id: &str) -> Option<RestoredState> {
+        let old = self.data.as_ref()?.operators.get(operator_id)?;
+        let mut restored = RestoredState::default();
+        let mut list_index = 0usize;
+        for subtask in old {
+            for (kg, blob) in &subtask.state.keyed {
+                if self.key_groups.contains(kg) {
+                    restored.keyed.push((*kg, blob.clone()));
+                }
+            }
+            for entry in &subtask.state.list {
+                if list_index % self.parallelism.max(1) as usize == self.subtask as usize {
+                    restored.list.push(entry.clone());
+                }
+                list_index += 1;
+            }
+        }
+        Some(restored)
+    }
+}

@@ -1,0 +1,165 @@
+//! Sources: the `SourceFunction` trait (replayable from offsets kept in snapshots) and the task loop
+//! that drives a source, injects barriers between batches, and finishes bounded inputs with a final
+//! checkpoint.
+
+use std::time::Duration;
+
+use crossbeam_channel::RecvTimeoutError;
+
+use crate::control::{CoordinatorEvent, TaskControl};
+use crate::operator::{OperatorContext, OperatorError, OperatorSnapshot, Output};
+use crate::pipeline::{Pipeline, PipelineError};
+use crate::task::{TaskEnv, TaskError};
+use crate::types::{Barrier, EndOfStream, MAX_WATERMARK};
+
+/// What a poll produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceStatus {
+    /// More records may be available right away.
+    Ready,
+    /// Nothing now; poll again after this long (rate limits, empty input).
+    Idle(Duration),
+    /// Bounded input exhausted.
+    Finished,
+}
+
+/// A parallel source whose position is part of the snapshot (so it replays exactly after a restore).
+pub trait SourceFunction<T>: Send + 'static {
+    /// Restore this subtask's share of the source's list state (split offsets), before `open`.
+    fn restore(
+        &mut self,
+        ctx: &OperatorContext,
+        entries: Vec<Vec<u8>>,
+    ) -> Result<(), OperatorError>;
+    /// Start reading; `restored` tells whether the job restored state (then only restored splits are
+    /// read; otherwise the source assigns itself its initial splits).
+    fn open(&mut self, ctx: &OperatorContext, restored: bool) -> Result<(), OperatorError>;
+    /// Emit up to `max_records` records (and optionally a watermark) into `out`.
+    fn poll(
+        &mut self,
+        out: &mut Output<T>,
+        max_records: usize,
+    ) -> Result<SourceStatus, OperatorError>;
+    /// Position as list state entries (one per split, redistributed on rescale).
+    fn snapshot(&mut self, checkpoint_id: u64) -> Result<Vec<Vec<u8>>, OperatorError>;
+}
+
+/// Drives a source subtask until the attempt ends.
+pub(crate) fn run_source_task<T: Send + 'static>(
+    mut source: Box<dyn SourceFunction<T>>,
+    source_id: String,
+    mut pipeline: Box<dyn Pipeline<T>>,
+    env: TaskEnv,
+) -> Result<(), TaskError> {
+    let ctx = OperatorContext {
+        operator_id: source_id.clone(),
+        ..env.ctx.clone()
+    };
+    let restored = env.restored.is_restoring();
+    let wrap = |source_err: OperatorError| {
+        TaskError::Pipeline(PipelineError::Operator {
+            operator: source_id.clone(),
+            source: source_err,
+        })
+    };
+    if let Some(state) = env.restored.state_for(&source_id) {
+        source.restore(&ctx, state.list).map_err(wrap)?;
+    }
+    source.open(&ctx, restored).map_err(wrap)?;
+    pipeline.open(&env.ctx, &env.restored)?;
+
+    let mut out: Output<T> = Output::default();
+    let mut finished = false;
+    // A stop-with-savepoint or final barrier that was emitted and waits for its completion.
+    let mut waiting_on: Option<Barrier> = None;
+    // Set when the source is idle: wait this long for control messages before polling again.
+    let mut pause: Option<Duration> = None;
+    loop {
+        // Control first: barriers are injected between batches.
+        let idle = if finished || waiting_on.is_some() {
+            Some(Duration::from_millis(200))
+        } else {
+            pause.take()
+        };
+        let control = match idle {
+            Some(timeout) => match env.control.recv_timeout(timeout) {
+                Ok(c) => Some(c),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return Err(TaskError::Cancelled),
+            },
+            None => env.control.try_recv().ok(),
+        };
+        if let Some(control) = control {
+            match control {
+                TaskControl::TriggerBarrier(barrier) => {
+                    let entries = source.snapshot(barrier.id).map_err(wrap)?;
+                    let mut snapshots = vec![(
+                        source_id.clone(),
+                        OperatorSnapshot {
+                            keyed: Vec::new(),
+                            list: entries,
+                        },
+                    )];
+                    pipeline.barrier(&barrier, &mut snapshots)?;
+                    env.upload(barrier, snapshots);
+                    if barrier.is_final || barrier.kind.stops_job() {
+                        waiting_on = Some(barrier);
+                    }
+                }
+                TaskControl::NotifyComplete(id) => {
+                    pipeline.notify_complete(id)?;
+                    if let Some(b) = waiting_on.filter(|b| b.id == id) {
+                        let end = if b.is_final {
+                            EndOfStream::Drained
+                        } else {
+                            EndOfStream::Stopped
+                        };
+                        pipeline.end(end)?;
+                        return Ok(());
+                    }
+                }
+                TaskControl::NotifyAborted(id) => {
+                    pipeline.notify_aborted(id);
+                    if waiting_on.is_some_and(|b| b.id == id) {
+                        // The final/stop snapshot failed: resume (a stop) or wait for a retry (final).
+                        waiting_on = None;
+                    }
+                }
+                TaskControl::Cancel => return Err(TaskError::Cancelled),
+            }
+            continue;
+        }
+        if finished || waiting_on.is_some() {
+            continue;
+        }
+        match source.poll(&mut out, env.batch_size).map_err(wrap)? {
+            SourceStatus::Ready => {}
+            SourceStatus::Idle(wait) => {
+                pause = Some(wait);
+            }
+            SourceStatus::Finished => {
+                push(&mut out, pipeline.as_mut(), &env)?;
+                pipeline.watermark(MAX_WATERMARK)?;
+                finished = true;
+                env.send_event(CoordinatorEvent::SourceFinished(env.id));
+            }
+        }
+        push(&mut out, pipeline.as_mut(), &env)?;
+    }
+}
+
+fn push<T>(
+    out: &mut Output<T>,
+    pipeline: &mut dyn Pipeline<T>,
+    env: &TaskEnv,
+) -> Result<(), TaskError> {
+    if !out.records.is_empty() {
+        let records = out.take_records();
+        env.metrics.add_records(records.len() as u64);
+        pipeline.batch(records)?;
+    }
+    if let Some(w) = out.watermark.take() {
+        pipeline.watermark(w)?;
+    }
+    Ok(())
+}

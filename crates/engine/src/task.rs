@@ -1,0 +1,283 @@
+//! One subtask of a job attempt on its own thread: reads its input channels (honouring barrier
+//! alignment), runs its operator chain, snapshots when a barrier passes and hands the bytes to the
+//! asynchronous uploader, and applies checkpoint notifications from the coordinator.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Select, Sender};
+use streamjob_checkpoint::layout::SnapshotLayout;
+use streamjob_checkpoint::manifest::SnapshotKind;
+use streamjob_checkpoint::state_file::write_state_file;
+use streamjob_checkpoint::store::SnapshotStore;
+
+use crate::alignment::{AlignAction, BarrierAligner};
+use crate::config::CheckpointingMode;
+use crate::control::{CoordinatorEvent, TaskAck, TaskControl, TaskId};
+use crate::operator::{OperatorContext, OperatorSnapshot};
+use crate::pipeline::{Pipeline, PipelineError};
+use crate::restore::RestoreView;
+use crate::types::{Barrier, EndOfStream, Message, SnapshotType, Timestamp, MIN_WATERMARK};
+
+/// Why a task stopped before its input ended.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    /// The operator chain failed.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    /// The attempt was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+    /// An upstream task vanished without ending its stream (it failed).
+    #[error("an upstream task disappeared without ending its stream")]
+    UpstreamLost,
+}
+
+/// Per-task counters, read by progress reporting and metrics (updated once per batch).
+#[derive(Debug, Default)]
+pub struct TaskMetrics {
+    records: AtomicU64,
+}
+
+impl TaskMetrics {
+    /// Count records.
+    pub fn add_records(&self, n: u64) {
+        self.records.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Records counted so far.
+    pub fn records(&self) -> u64 {
+        self.records.load(Ordering::Relaxed)
+    }
+}
+
+/// Uploads snapshots off the task thread.
+#[derive(Clone)]
+pub struct Uploader {
+    pub(crate) store: Arc<dyn SnapshotStore>,
+    pub(crate) runtime: tokio::runtime::Handle,
+    pub(crate) attempt: u64,
+}
+
+/// What a task gets from the executor.
+pub struct TaskEnv {
+    /// Identity.
+    pub id: TaskId,
+    /// Operator context shared by the chain (operator id filled per operator).
+    pub ctx: OperatorContext,
+    /// Control messages from the coordinator.
+    pub control: Receiver<TaskControl>,
+    /// Events to the coordinator.
+    pub events: Sender<CoordinatorEvent>,
+    /// Set when the attempt is cancelled (unblocks full channels).
+    pub cancelled: Arc<AtomicBool>,
+    /// This subtask's view of the snapshot being restored (empty on a fresh start).
+    pub restored: RestoreView,
+    /// Snapshot uploader.
+    pub uploader: Uploader,
+    /// Alignment mode.
+    pub mode: CheckpointingMode,
+    /// Records per batch.
+    pub batch_size: usize,
+    /// Counters.
+    pub metrics: Arc<TaskMetrics>,
+}
+
+impl TaskEnv {
+    pub(crate) fn send_event(&self, event: CoordinatorEvent) {
+        // The coordinator outlives every task of its attempt; a closed channel means it is gone already.
+        let _ = self.events.send(event);
+    }
+
+    /// Serialize the snapshot now (the synchronous part), upload it asynchronously, then acknowledge.
+    pub(crate) fn upload(&self, barrier: Barrier, snapshots: Vec<(String, OperatorSnapshot)>) {
+        let task = self.id;
+        let key_groups = self.ctx.key_groups.clone();
+        let events = self.events.clone();
+        let kind = match barrier.kind {
+            SnapshotType::Checkpoint => SnapshotKind::Checkpoint,
+            SnapshotType::Savepoint { .. } => SnapshotKind::Savepoint,
+        };
+        let dir = SnapshotLayout::dir(kind, self.uploader.attempt, barrier.id);
+        let mut encoded = Vec::with_capacity(snapshots.len());
+        for (operator_id, snapshot) in snapshots {
+            match bincode::serialize(&snapshot) {
+                Ok(bytes) => match SnapshotLayout::state_file(&dir, &operator_id, task.subtask) {
+                    Ok(key) => encoded.push((operator_id, key, Bytes::from(bytes))),
+                    Err(e) => {
+                        self.send_event(CoordinatorEvent::Declined {
+                            checkpoint_id: barrier.id,
+                            task,
+                            reason: format!("invalid operator id {operator_id:?}: {e}"),
+                        });
+                        return;
+                    }
+                },
+                Err(e) => {
+                    self.send_event(CoordinatorEvent::Declined {
+                        checkpoint_id: barrier.id,
+                        task,
+                        reason: format!("failed to encode state of {operator_id}: {e}"),
+                    });
+                    return;
+                }
+            }
+        }
+        let store = Arc::clone(&self.uploader.store);
+        self.uploader.runtime.spawn(async move {
+            let mut files = Vec::with_capacity(encoded.len());
+            let mut bytes = 0;
+            for (operator_id, key, body) in encoded {
+                bytes += body.len() as u64;
+                match write_state_file(store.as_ref(), &key, body).await {
+                    Ok(file) => files.push((operator_id, file)),
+                    Err(e) => {
+                        let _ = events.send(CoordinatorEvent::Declined {
+                            checkpoint_id: barrier.id,
+                            task,
+                            reason: format!("failed to upload {key}: {e}"),
+                        });
+                        return;
+                    }
+                }
+            }
+            let _ = events.send(CoordinatorEvent::Ack(TaskAck {
+                checkpoint_id: barrier.id,
+                task,
+                key_groups,
+                files,
+                bytes,
+            }));
+        });
+    }
+}
+
+/// Runs a non-source task until all inputs end (then waits for the last checkpoint's completion so
+/// sinks commit) or the attempt is cancelled.
+pub(crate) fn run_task<I: Send + 'static>(
+    inputs: Vec<Receiver<Message<I>>>,
+    mut pipeline: Box<dyn Pipeline<I>>,
+    env: TaskEnv,
+) -> Result<(), TaskError> {
+    pipeline.open(&env.ctx, &env.restored)?;
+    let channels = inputs.len();
+    let mut aligner = BarrierAligner::new(channels, env.mode);
+    let mut watermarks = vec![MIN_WATERMARK; channels];
+    let mut current_watermark = MIN_WATERMARK;
+    let mut last_barrier: Option<Barrier> = None;
+    let mut ended: Option<EndOfStream> = None;
+    let mut closed = vec![false; channels];
+    let mut last_notified: Option<u64> = None;
+
+    loop {
+        if let Some(end) = ended {
+            // All inputs ended: the final (or stop) checkpoint is in flight; wait for its outcome so a
+            // sink commits, then finish.
+            let Some(barrier) = last_barrier.filter(|b| b.is_final || b.kind.stops_job()) else {
+                return Ok(());
+            };
+            if last_notified.is_some_and(|id| id >= barrier.id) {
+                return Ok(());
+            }
+            match env.control.recv() {
+                Ok(TaskControl::NotifyComplete(id)) => {
+                    pipeline.notify_complete(id)?;
+                    if id >= barrier.id {
+                        return Ok(());
+                    }
+                }
+                Ok(TaskControl::NotifyAborted(id)) => {
+                    pipeline.notify_aborted(id);
+                    if id >= barrier.id && end == EndOfStream::Stopped {
+                        return Ok(());
+                    }
+                }
+                Ok(TaskControl::Cancel) | Err(_) => return Err(TaskError::Cancelled),
+                Ok(TaskControl::TriggerBarrier(_)) => {}
+            }
+            continue;
+        }
+
+        // Wait for a message on any unblocked input or the control channel.
+        let mut select = Select::new();
+        let mut map = Vec::with_capacity(channels);
+        for (c, input) in inputs.iter().enumerate() {
+            if !aligner.is_blocked(c) && !closed[c] {
+                map.push(c);
+                select.recv(input);
+            }
+        }
+        let control_index = map.len();
+        select.recv(&env.control);
+        let op = select.select();
+        let index = op.index();
+        if index == control_index {
+            let control = op.recv(&env.control).map_err(|_| TaskError::Cancelled)?;
+            match control {
+                TaskControl::NotifyComplete(id) => {
+                    pipeline.notify_complete(id)?;
+                    last_notified = Some(last_notified.map_or(id, |n| n.max(id)));
+                }
+                TaskControl::NotifyAborted(id) => pipeline.notify_aborted(id),
+                TaskControl::Cancel => return Err(TaskError::Cancelled),
+                TaskControl::TriggerBarrier(_) => {}
+            }
+            continue;
+        }
+        let channel = map[index];
+        let message = op
+            .recv(&inputs[channel])
+            .map_err(|_| TaskError::UpstreamLost)?;
+        match message {
+            Message::Data(batch) => {
+                env.metrics.add_records(batch.len() as u64);
+                pipeline.batch(batch)?;
+            }
+            Message::Watermark(w) => {
+                watermarks[channel] = watermarks[channel].max(w);
+                let min = watermarks.iter().copied().min().unwrap_or(MIN_WATERMARK);
+                if min > current_watermark {
+                    current_watermark = min;
+                    pipeline.watermark(min)?;
+                }
+            }
+            Message::Barrier(barrier) => {
+                if let AlignAction::Snapshot(b) = aligner.on_barrier(channel, barrier) {
+                    snapshot(&mut pipeline, &env, b)?;
+                    last_barrier = Some(b);
+                }
+            }
+            Message::End(end) => {
+                // A drained channel sent the MAX watermark before its end; a stopped one must not
+                // advance event time. Either way it no longer holds back the others.
+                closed[channel] = true;
+                watermarks[channel] = Timestamp::MAX;
+                if let AlignAction::Snapshot(b) = aligner.on_end(channel) {
+                    snapshot(&mut pipeline, &env, b)?;
+                    last_barrier = Some(b);
+                }
+                if aligner.all_ended() {
+                    pipeline.end(end)?;
+                    ended = Some(end);
+                } else if end == EndOfStream::Drained {
+                    let min = watermarks.iter().copied().min().unwrap_or(MIN_WATERMARK);
+                    if min > current_watermark {
+                        current_watermark = min;
+                        pipeline.watermark(min)?;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn snapshot<I>(
+    pipeline: &mut Box<dyn Pipeline<I>>,
+    env: &TaskEnv,
+    barrier: Barrier,
+) -> Result<(), TaskError> {
+    let mut snapshots = Vec::new();
+    pipeline.barrier(&barrier, &mut snapshots)?;
+    env.upload(barrier, snapshots);
+    Ok(())
+}

@@ -1,0 +1,269 @@
+//! Built-in jobs, runnable by name with parameters (`spec.job.name`, `spec.job.params`).
+//! Parameters are validated before anything runs; unknown names and bad values are clear errors.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use streamjob_engine::connectors::file_sink::FileSink;
+use streamjob_engine::connectors::nexmark::{Event, NexmarkConfig, NexmarkSource};
+use streamjob_engine::operators::window::{Count, WindowAssigner, WindowResult};
+use streamjob_engine::stream::StreamEnv;
+
+/// A job that cannot be built from its name and parameters.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobSpecError {
+    /// No built-in job has this name.
+    #[error("unknown job {name:?}; built-in jobs: {}", BUILTIN_JOBS.join(", "))]
+    UnknownJob { name: String },
+    /// A parameter is missing.
+    #[error("job {job} needs parameter {param:?} ({hint})")]
+    Missing {
+        job: String,
+        param: String,
+        hint: String,
+    },
+    /// A parameter has a bad value.
+    #[error("job {job}: parameter {param}={value:?} is invalid: {reason}")]
+    Invalid {
+        job: String,
+        param: String,
+        value: String,
+        reason: String,
+    },
+    /// A parameter this job does not take.
+    #[error("job {job} does not take parameter {param:?}; it takes: {known}")]
+    Unknown {
+        job: String,
+        param: String,
+        known: String,
+    },
+}
+
+/// Names of the built-in jobs.
+pub const BUILTIN_JOBS: &[&str] = &["windowed-count", "nexmark-q0", "nexmark-q1", "nexmark-q2"];
+
+/// Parameters of a job, as strings (from the manifest, overridden by `--set`).
+#[derive(Debug, Clone, Default)]
+pub struct JobParams {
+    job: String,
+    values: BTreeMap<String, String>,
+}
+
+impl JobParams {
+    /// Name of the job.
+    pub fn job(&self) -> &str {
+        &self.job
+    }
+    /// Parameters of job `job`.
+    pub fn new(job: &str, values: BTreeMap<String, String>) -> Self {
+        Self {
+            job: job.to_string(),
+            values,
+        }
+    }
+    fn check_known(&self, known: &[&str]) -> Result<(), JobSpecError> {
+        for key in self.values.keys() {
+            if !known.contains(&key.as_str()) {
+                return Err(JobSpecError::Unknown {
+                    job: self.job.clone(),
+                    param: key.clone(),
+                    known: known.join(", "),
+                });
+            }
+        }
+        Ok(())
+    }
+    fn u64_or(&self, key: &str, default: u64) -> Result<u64, JobSpecError> {
+        match self.values.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .trim()
+                .replace('_', "")
+                .parse()
+                .map_err(|e: std::num::ParseIntError| JobSpecError::Invalid {
+                    job: self.job.clone(),
+                    param: key.into(),
+                    value: v.clone(),
+                    reason: e.to_string(),
+                }),
+        }
+    }
+    fn duration_ms_or(&self, key: &str, default_ms: i64) -> Result<i64, JobSpecError> {
+        match self.values.get(key) {
+            None => Ok(default_ms),
+            Some(v) => streamjob_api::duration::parse_duration(v)
+                .map(|d| d.as_millis() as i64)
+                .map_err(|e| JobSpecError::Invalid {
+                    job: self.job.clone(),
+                    param: key.into(),
+                    value: v.clone(),
+                    reason: e.to_string(),
+                })
+                .and_then(|ms| {
+                    if ms > 0 {
+                        Ok(ms)
+                    } else {
+                        Err(JobSpecError::Invalid {
+                            job: self.job.clone(),
+                            param: key.into(),
+                            value: v.clone(),
+                            reason: "must be positive".into(),
+                        })
+                    }
+                }),
+        }
+    }
+    fn output(&self) -> Result<PathBuf, JobSpecError> {
+        let value = self
+            .values
+            .get("output")
+            .ok_or_else(|| JobSpecError::Missing {
+                job: self.job.clone(),
+                param: "output".into(),
+                hint: "the folder committed results are written to".into(),
+            })?;
+        let path = value.strip_prefix("file://").unwrap_or(value);
+        if path.is_empty() {
+            return Err(JobSpecError::Invalid {
+                job: self.job.clone(),
+                param: "output".into(),
+                value: value.clone(),
+                reason: "empty path".into(),
+            });
+        }
+        if value.starts_with("s3://") {
+            return Err(JobSpecError::Invalid {
+                job: self.job.clone(),
+                param: "output".into(),
+                value: value.clone(),
+                reason: "the file sink writes to a local or mounted folder; S3 output is not supported yet".into(),
+            });
+        }
+        Ok(PathBuf::from(path))
+    }
+}
+
+/// Source parameters shared by the Nexmark jobs.
+struct NexmarkParams {
+    events: Option<u64>,
+    splits: u32,
+    rate: Option<u64>,
+}
+
+fn nexmark_params(params: &JobParams, parallelism: u32) -> Result<NexmarkParams, JobSpecError> {
+    let events = params.u64_or("events", 0)?;
+    let rate = params.u64_or("rate", 0)?;
+    let splits = params.u64_or("splits", u64::from(parallelism.max(16)))?;
+    if splits == 0 || splits > 1 << 16 {
+        return Err(JobSpecError::Invalid {
+            job: params.job.clone(),
+            param: "splits".into(),
+            value: splits.to_string(),
+            reason: "must be between 1 and 65536".into(),
+        });
+    }
+    Ok(NexmarkParams {
+        events: (events > 0).then_some(events),
+        splits: splits as u32,
+        rate: (rate > 0).then_some(rate),
+    })
+}
+
+/// Check a job's name and parameters without building it.
+pub fn validate(params: &JobParams, parallelism: u32) -> Result<(), JobSpecError> {
+    let env = StreamEnv::new(streamjob_engine::config::JobConfig::new(
+        "validate",
+        parallelism,
+    ));
+    build(params, &env)
+}
+
+/// Add the job named in `params` to `env`.
+pub fn build(params: &JobParams, env: &StreamEnv) -> Result<(), JobSpecError> {
+    let parallelism = env.config().parallelism;
+    match params.job.as_str() {
+        "windowed-count" => {
+            params.check_known(&["events", "rate", "splits", "window", "output"])?;
+            let source = nexmark_params(params, parallelism)?;
+            let window = params.duration_ms_or("window", 10_000)?;
+            let output = params.output()?;
+            windowed_count(env, source, window, output);
+            Ok(())
+        }
+        "nexmark-q0" | "nexmark-q1" | "nexmark-q2" => {
+            params.check_known(&["events", "rate", "splits", "output"])?;
+            let source = nexmark_params(params, parallelism)?;
+            let output = params.output()?;
+            nexmark_simple(env, &params.job, source, output);
+            Ok(())
+        }
+        other => Err(JobSpecError::UnknownJob {
+            name: other.to_string(),
+        }),
+    }
+}
+
+fn nexmark_source(
+    env: &StreamEnv,
+    p: NexmarkParams,
+) -> streamjob_engine::stream::DataStream<Event> {
+    env.source("nexmark", move |_| {
+        Box::new(NexmarkSource::new(
+            NexmarkConfig::default(),
+            p.events,
+            p.splits,
+            p.rate,
+        ))
+    })
+}
+
+/// Nexmark bids -> count per auction per tumbling event-time window -> exactly-once file sink.
+fn windowed_count(env: &StreamEnv, source: NexmarkParams, window_ms: i64, output: PathBuf) {
+    nexmark_source(env, source)
+        .flat_map("bids", |e: Event| match e {
+            Event::Bid(b) => Some(b),
+            _ => None,
+        })
+        .key_by(|b| b.auction)
+        .window(WindowAssigner::tumbling(window_ms), |b| b.date_time)
+        .aggregate("count-per-auction", Count)
+        .sink("file-sink", move |_| {
+            Box::new(FileSink::new(
+                output.clone(),
+                |r: &WindowResult<u64, u64>, line: &mut String| {
+                    let _ = write!(line, "{},{},{},{}", r.key, r.start, r.end, r.value);
+                },
+            ))
+        });
+}
+
+/// Nexmark q0 (pass-through), q1 (currency conversion), q2 (selection) on bids.
+fn nexmark_simple(env: &StreamEnv, query: &str, source: NexmarkParams, output: PathBuf) {
+    let bids = nexmark_source(env, source).flat_map("bids", |e: Event| match e {
+        Event::Bid(b) => Some(b),
+        _ => None,
+    });
+    let bids = match query {
+        // q1: dollars to euros.
+        "nexmark-q1" => bids.map("to-euro", |mut b| {
+            b.price = b.price * 908 / 1000;
+            b
+        }),
+        // q2: bids on a fixed set of auctions.
+        "nexmark-q2" => bids.filter("select-auctions", |b| b.auction % 123 == 0),
+        _ => bids,
+    };
+    bids.sink("file-sink", move |_| {
+        Box::new(FileSink::new(
+            output.clone(),
+            |b: &streamjob_engine::connectors::nexmark::Bid, line: &mut String| {
+                let _ = write!(
+                    line,
+                    "{},{},{},{},{}",
+                    b.auction, b.bidder, b.price, b.channel, b.date_time
+                );
+            },
+        ))
+    });
+}

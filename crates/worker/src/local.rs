@@ -1,0 +1,328 @@
+//! Local mode: `streamjob run FILE` runs the job of a StreamJob manifest in this process, with
+//! checkpoints in a folder (or S3), automatic restarts from the latest checkpoint, a progress line,
+//! and Ctrl-C for stop-with-savepoint (a second Ctrl-C cancels).
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use streamjob_api::duration::parse_duration;
+use streamjob_api::v1alpha1::{CheckpointMode, StreamJob};
+use streamjob_checkpoint::url::{open_store, S3Options};
+use streamjob_engine::config::{CheckpointConfig, CheckpointingMode, JobConfig};
+use streamjob_engine::runner::{
+    run_with_restarts, MonitorAction, RunOutcome, RunnerError, RunnerOptions,
+};
+use streamjob_engine::types::SnapshotType;
+
+use crate::jobs::{self, JobParams, JobSpecError};
+
+/// Why local mode could not run the job.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    /// The manifest could not be read.
+    #[error("failed to read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The manifest is not a StreamJob.
+    #[error("{path} is not a valid StreamJob manifest: {reason}")]
+    Parse { path: String, reason: String },
+    /// A value is invalid.
+    #[error("invalid job: {0}")]
+    Invalid(String),
+    /// The job name or parameters are wrong.
+    #[error(transparent)]
+    Job(#[from] JobSpecError),
+    /// Storage could not be opened.
+    #[error("cannot open snapshot storage {url}: {reason}")]
+    Storage { url: String, reason: String },
+    /// The job failed.
+    #[error(transparent)]
+    Run(#[from] RunnerError),
+    /// The async runtime could not start.
+    #[error("failed to start the I/O runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Command-line options of `streamjob run`.
+#[derive(Debug, Clone, Default)]
+pub struct LocalOptions {
+    /// The manifest.
+    pub manifest: PathBuf,
+    /// Snapshot storage URL (overrides `spec.storage`).
+    pub checkpoint_dir: Option<String>,
+    /// Snapshot folder to start from (relative to the storage root, or a full URL under it).
+    pub from: Option<String>,
+    /// Parallelism override.
+    pub parallelism: Option<u32>,
+    /// `spec.job.params` overrides.
+    pub set: Vec<(String, String)>,
+    /// Print a progress line every second.
+    pub progress: bool,
+}
+
+/// A job ready to run locally.
+#[derive(Debug, Clone)]
+pub struct LocalJob {
+    /// Engine configuration.
+    pub config: JobConfig,
+    /// Job name and parameters.
+    pub params: JobParams,
+    /// Snapshot storage URL (job root).
+    pub storage_url: String,
+    /// Restart behaviour.
+    pub runner: RunnerOptions,
+}
+
+fn duration(field: &str, value: &str) -> Result<Duration, LocalError> {
+    parse_duration(value).map_err(|e| LocalError::Invalid(format!("{field}: {e}")))
+}
+
+/// Turn a manifest plus command-line overrides into a runnable job (pure apart from reading the file).
+pub fn prepare(options: &LocalOptions) -> Result<LocalJob, LocalError> {
+    let path = options.manifest.display().to_string();
+    let text = std::fs::read_to_string(&options.manifest).map_err(|source| LocalError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let job: StreamJob = serde_yaml::from_str(&text).map_err(|e| LocalError::Parse {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    prepare_job(&job, options)
+}
+
+/// Like [`prepare`] for an already parsed StreamJob.
+pub fn prepare_job(job: &StreamJob, options: &LocalOptions) -> Result<LocalJob, LocalError> {
+    let spec = &job.spec;
+    let name = job.metadata.name.clone().unwrap_or_else(|| "job".into());
+    let parallelism = options.parallelism.map_or(spec.parallelism, |p| p as i32);
+    if parallelism < 1 || parallelism > spec.max_parallelism {
+        return Err(LocalError::Invalid(format!(
+            "parallelism {parallelism} must be between 1 and maxParallelism ({})",
+            spec.max_parallelism
+        )));
+    }
+    let job_name = spec.job.name.clone().ok_or_else(|| {
+        LocalError::Invalid(
+            "spec.job.name is required in local mode (custom entrypoints run in your own image)"
+                .into(),
+        )
+    })?;
+    let mut params: BTreeMap<String, String> = spec
+        .job
+        .params
+        .keys()
+        .filter_map(|k| spec.job.param(k).map(|v| (k.clone(), v)))
+        .collect();
+    for (k, v) in &options.set {
+        params.insert(k.clone(), v.clone());
+    }
+    let params = JobParams::new(&job_name, params);
+    jobs::validate(&params, parallelism as u32)?;
+
+    let c = &spec.checkpoint;
+    let checkpoints = CheckpointConfig::enabled(duration("checkpoint.interval", &c.interval)?)
+        .with_timeout(duration("checkpoint.timeout", &c.timeout)?)
+        .with_min_pause(duration("checkpoint.minPause", &c.min_pause)?)
+        .with_max_concurrent(c.max_concurrent.max(1) as usize)
+        .with_mode(match c.mode {
+            CheckpointMode::ExactlyOnce => CheckpointingMode::ExactlyOnce,
+            CheckpointMode::AtLeastOnce => CheckpointingMode::AtLeastOnce,
+        })
+        .with_retained(c.retained.max(1) as usize)
+        .with_tolerable_failures(c.tolerable_failures.max(0) as u32)
+        .with_incremental(c.incremental);
+    let config = JobConfig::new(name.clone(), parallelism as u32)
+        .with_max_parallelism(spec.max_parallelism as u32)
+        .with_checkpoints(checkpoints);
+
+    let namespace = job
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let storage_url = match (
+        &options.checkpoint_dir,
+        &spec.storage.path,
+        &spec.storage.s3,
+    ) {
+        (Some(dir), _, _) => dir.clone(),
+        (None, Some(path), _) => path.clone(),
+        (None, None, Some(s3)) => {
+            let prefix = s3.prefix.as_deref().unwrap_or("").trim_matches('/');
+            let root = if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            };
+            format!("s3://{}/{root}{namespace}/{name}", s3.bucket)
+        }
+        (None, None, None) => format!("streamjob-data/{namespace}/{name}/snapshots"),
+    };
+    let backoff = &spec.restart_policy.backoff;
+    let runner = RunnerOptions {
+        max_restarts: spec.restart_policy.max_restarts.max(0) as u32,
+        backoff_initial: duration("restartPolicy.backoff.initial", &backoff.initial)?,
+        backoff_max: duration("restartPolicy.backoff.max", &backoff.max)?,
+        restore_from: options
+            .from
+            .as_ref()
+            .map(|f| relative_snapshot_path(f, &storage_url)),
+        allow_non_restored_state: spec.allow_non_restored_state,
+    };
+    Ok(LocalJob {
+        config,
+        params,
+        storage_url,
+        runner,
+    })
+}
+
+/// `--from` may be a full URL/path under the storage root or a folder relative to it.
+fn relative_snapshot_path(from: &str, storage_url: &str) -> String {
+    let strip = |s: &str| {
+        s.trim_start_matches("file://")
+            .trim_end_matches('/')
+            .to_string()
+    };
+    let from_clean = strip(from);
+    let root = strip(storage_url);
+    let absolute_root = Path::new(&root)
+        .canonicalize()
+        .map(|p| p.display().to_string())
+        .unwrap_or(root.clone());
+    for r in [&root, &absolute_root] {
+        if let Some(rest) = from_clean.strip_prefix(r.as_str()) {
+            return rest.trim_start_matches('/').to_string();
+        }
+    }
+    from_clean
+}
+
+static SIGNALS: AtomicU8 = AtomicU8::new(0);
+
+/// Run a prepared job to its end.
+pub fn run(job: LocalJob, progress: bool) -> Result<RunOutcome, LocalError> {
+    use std::io::IsTerminal as _;
+    let progress = progress && std::io::stderr().is_terminal();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("streamjob-io")
+        .build()
+        .map_err(LocalError::Runtime)?;
+    let store = runtime
+        .block_on(open_store(
+            &job.storage_url,
+            S3Options::default().with_env_defaults(),
+        ))
+        .map_err(|e| LocalError::Storage {
+            url: job.storage_url.clone(),
+            reason: e.to_string(),
+        })?;
+    runtime.spawn(async {
+        while tokio::signal::ctrl_c().await.is_ok() {
+            SIGNALS.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let params = job.params.clone();
+    let mut last_print = Instant::now();
+    let last_records = Cell::new(0u64);
+    let mut stop_requested: Option<crossbeam_reply::Reply> = None;
+    let attempt_no = Cell::new(0u64);
+    eprintln!(
+        "streamjob: running {} (parallelism {}), snapshots in {}",
+        params_name(&params),
+        job.config.parallelism,
+        job.storage_url
+    );
+    let outcome = run_with_restarts(
+        &job.config,
+        |env| jobs::build(&params, env).map_err(|e| e.to_string()),
+        store,
+        &job.runner,
+        runtime.handle(),
+        |info| {
+            attempt_no.set(info.attempt);
+            last_records.set(0);
+            eprintln!(
+                "streamjob: attempt {}: {}",
+                info.attempt, info.restore_summary
+            );
+        },
+        |handle| {
+            let signals = SIGNALS.load(Ordering::SeqCst);
+            if signals >= 2 {
+                eprintln!("\nstreamjob: cancelling without a savepoint");
+                return MonitorAction::Cancel;
+            }
+            if signals == 1 && stop_requested.is_none() {
+                eprintln!(
+                    "\nstreamjob: Ctrl-C: stopping with a savepoint (Ctrl-C again to cancel)"
+                );
+                stop_requested =
+                    Some(handle.request_snapshot(SnapshotType::Savepoint { stop: true }));
+            }
+            if let Some(reply) = &stop_requested {
+                if let Ok(Err(reason)) = reply.try_recv() {
+                    eprintln!("streamjob: savepoint failed ({reason}); the job keeps running");
+                    SIGNALS.store(0, Ordering::SeqCst);
+                    stop_requested = None;
+                }
+            }
+            if progress && last_print.elapsed() >= Duration::from_secs(1) {
+                let records = handle.source_records();
+                let rate = (records.saturating_sub(last_records.get())) as f64
+                    / last_print.elapsed().as_secs_f64();
+                last_records.set(records);
+                last_print = Instant::now();
+                let p = handle.progress();
+                let checkpoint = p.last_checkpoint.map_or("none yet".to_string(), |c| {
+                    format!(
+                        "#{} {} in {} ms",
+                        c.id,
+                        human_bytes(c.size_bytes),
+                        c.duration.as_millis()
+                    )
+                });
+                eprint!(
+                    "\rattempt {} | {:>10.0} events/s | {:>12} events | last checkpoint {checkpoint}    ",
+                    attempt_no.get(),
+                    rate,
+                    records
+                );
+                let _ = std::io::stderr().flush();
+            }
+            MonitorAction::Continue
+        },
+    )?;
+    if progress {
+        eprintln!();
+    }
+    Ok(outcome)
+}
+
+mod crossbeam_reply {
+    pub type Reply = crossbeam_channel::Receiver<
+        Result<streamjob_engine::coordinator::CompletedSnapshot, String>,
+    >;
+}
+
+fn params_name(params: &JobParams) -> String {
+    params.job().to_string()
+}
+
+fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    }
+}
