@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aws_sdk_s3::error::DisplayErrorContext;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use streamjob_checkpoint::conformance::check_store;
@@ -87,10 +88,15 @@ impl S3Server {
             let deadline = Instant::now() + Duration::from_secs(15);
             while Instant::now() < deadline {
                 if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return server;
+                    // Someone listens; make sure it is our server (it exits if the port was taken).
+                    std::thread::sleep(Duration::from_millis(100));
+                    if matches!(server.child.try_wait(), Ok(None)) {
+                        return server;
+                    }
+                    break;
                 }
-                if let Ok(Some(_)) = server.child.try_wait() {
-                    break; // e.g. the port was taken meanwhile: try another one
+                if !matches!(server.child.try_wait(), Ok(None)) {
+                    break; // exited, e.g. the port was taken meanwhile: try another one
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -101,6 +107,10 @@ impl S3Server {
             drop(server);
         }
         panic!("s3s-fs did not start listening; its log:\n{last_log}");
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("s3s-fs.log")).unwrap_or_default()
     }
 
     fn config(&self, prefix: &str, secret: &str) -> S3Config {
@@ -130,7 +140,13 @@ impl S3Server {
                 .bucket(BUCKET)
                 .send()
                 .await
-                .expect("create bucket");
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "failed to create the bucket: {}\ns3s-fs log:\n{}",
+                        DisplayErrorContext(&e),
+                        self.log()
+                    )
+                });
         }
         store
     }
