@@ -1,5 +1,6 @@
 //! `streamjob`: one thin binary for every role. `run` is local mode (a StreamJob manifest run in this
-//! process); `crd` prints the CustomResourceDefinition. Worker and operator roles land with their crates.
+//! process); `worker` runs one job attempt in a pod with the control API; `crd` prints the
+//! CustomResourceDefinition. The operator role lands with its crate.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -37,6 +38,26 @@ enum Command {
         /// Do not print the progress line.
         #[arg(long)]
         quiet: bool,
+    },
+    /// Run one attempt of a job in a worker pod (the operator's entrypoint): records the attempt,
+    /// restores the given snapshot, runs the job and serves the control API; exits 0 when the job
+    /// finished or stopped with a savepoint, non-zero when the attempt failed.
+    Worker {
+        /// StreamJob manifest rendered by the operator.
+        #[arg(long, env = "STREAMJOB_JOB_FILE")]
+        job_file: std::path::PathBuf,
+        /// Attempt number assigned by the operator (default: the next free one).
+        #[arg(long, env = "STREAMJOB_ATTEMPT")]
+        attempt: Option<u64>,
+        /// `latest`, `none`, or a snapshot folder relative to the job's storage root.
+        #[arg(long, env = "STREAMJOB_RESTORE", default_value = "latest")]
+        restore: String,
+        /// Control API address.
+        #[arg(long, env = "STREAMJOB_LISTEN", default_value = "0.0.0.0:8080")]
+        listen: std::net::SocketAddr,
+        /// Snapshot storage override (folder or URL).
+        #[arg(long, env = "STREAMJOB_CHECKPOINT_DIR")]
+        checkpoint_dir: Option<String>,
     },
     /// Print the StreamJob CustomResourceDefinition as YAML (`crds/streamjob.yaml` is this output).
     Crd,
@@ -91,6 +112,31 @@ fn main() -> anyhow::Result<()> {
                     eprintln!("streamjob: cancelled");
                     std::process::exit(130);
                 }
+            }
+        }
+        Command::Worker {
+            job_file,
+            attempt,
+            restore,
+            listen,
+            checkpoint_dir,
+        } => {
+            let options = streamjob_worker::worker_mode::WorkerOptions {
+                job: streamjob_worker::local::LocalOptions {
+                    manifest: job_file,
+                    checkpoint_dir,
+                    ..Default::default()
+                },
+                attempt,
+                restore,
+                listen,
+                token: std::env::var("STREAMJOB_CONTROL_TOKEN")
+                    .ok()
+                    .filter(|t| !t.is_empty()),
+            };
+            match streamjob_worker::worker_mode::run_worker(options)? {
+                streamjob_worker::worker_mode::WorkerExit::Done => {}
+                streamjob_worker::worker_mode::WorkerExit::Terminated => std::process::exit(143),
             }
         }
         Command::Crd => {

@@ -22,3 +22,6 @@ export S3S_FS_BIN
 
 echo "== tests"
 cargo nextest run --workspace --exclude streamjob-testkit --locked --no-fail-fast
+
+echo "== local cluster (real kube-apiserver, etcd, controller-manager, process kubelet, S3)"
+bash tests/cluster/test.sh

@@ -48,17 +48,15 @@ pub struct AttemptSpec {
     pub allow_non_restored_state: bool,
 }
 
-/// A running attempt.
-pub struct JobHandle {
+/// A cloneable remote control of a running attempt (for a control API or a monitor thread).
+#[derive(Clone)]
+pub struct JobController {
     events: Sender<CoordinatorEvent>,
     progress: Arc<Mutex<JobProgress>>,
-    metrics: Vec<(TaskId, bool, Arc<TaskMetrics>)>,
-    cancelled: Arc<std::sync::atomic::AtomicBool>,
-    coordinator: JoinHandle<Result<AttemptEnd, CoordinatorError>>,
-    tasks: Vec<JoinHandle<()>>,
+    metrics: Arc<Vec<(TaskId, bool, Arc<TaskMetrics>)>>,
 }
 
-impl JobHandle {
+impl JobController {
     /// Ask for a snapshot now; the receiver gets its outcome.
     pub fn request_snapshot(
         &self,
@@ -85,9 +83,43 @@ impl JobHandle {
             .map(|(_, _, m)| m.records())
             .sum()
     }
+    /// Records processed by all tasks so far.
+    pub fn all_records(&self) -> u64 {
+        self.metrics.iter().map(|(_, _, m)| m.records()).sum()
+    }
     /// Live checkpoint facts.
     pub fn progress(&self) -> JobProgress {
         self.progress.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+}
+
+/// A running attempt.
+pub struct JobHandle {
+    controller: JobController,
+    cancelled: Arc<std::sync::atomic::AtomicBool>,
+    coordinator: JoinHandle<Result<AttemptEnd, CoordinatorError>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl JobHandle {
+    /// A cloneable control of this attempt.
+    pub fn controller(&self) -> JobController {
+        self.controller.clone()
+    }
+    /// Ask for a snapshot now; the receiver gets its outcome.
+    pub fn request_snapshot(
+        &self,
+        kind: SnapshotType,
+    ) -> Receiver<Result<CompletedSnapshot, String>> {
+        self.controller.request_snapshot(kind)
+    }
+    /// Records read by the sources so far.
+    pub fn source_records(&self) -> u64 {
+        self.controller.source_records()
+    }
+    /// Live checkpoint facts.
+    pub fn progress(&self) -> JobProgress {
+        self.controller.progress()
     }
     /// True once the attempt ended.
     pub fn is_finished(&self) -> bool {
@@ -96,7 +128,7 @@ impl JobHandle {
     /// Stop the attempt without a snapshot.
     pub fn cancel(&self) {
         self.cancelled.store(true, Ordering::Relaxed);
-        let _ = self.events.send(CoordinatorEvent::TaskFailed {
+        let _ = self.controller.events.send(CoordinatorEvent::TaskFailed {
             task: TaskId {
                 vertex: u32::MAX,
                 subtask: 0,
@@ -259,9 +291,11 @@ pub fn start(
     }
 
     Ok(JobHandle {
-        events: events_tx,
-        progress,
-        metrics,
+        controller: JobController {
+            events: events_tx,
+            progress,
+            metrics: Arc::new(metrics),
+        },
         cancelled: graph.cancelled,
         coordinator,
         tasks,

@@ -103,6 +103,63 @@ pub struct AttemptInfo {
     pub restored_from: Option<String>,
 }
 
+/// Which snapshot an attempt starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestoreChoice {
+    /// The newest usable checkpoint or savepoint (verified at this level).
+    Latest(VerifyLevel),
+    /// This snapshot folder (key relative to the job root).
+    Snapshot(String),
+    /// Empty state.
+    Empty,
+}
+
+/// Decide the attempt number (the given one, or the next free one) and the snapshot to restore,
+/// then record the attempt in storage (create-if-absent), fencing every older attempt. Returns the
+/// attempt, the manifest and location to restore, and a summary for logs and status.
+pub async fn begin_attempt(
+    store: &dyn SnapshotStore,
+    attempt: Option<u64>,
+    choice: RestoreChoice,
+) -> Result<(u64, Option<(Manifest, String)>, String), RunnerError> {
+    let attempts = read_attempts(store).await.map_err(CatalogError::from)?;
+    let snapshots = streamjob_checkpoint::catalog::list_snapshots(store).await?;
+    let attempt = attempt.unwrap_or_else(|| next_attempt(&attempts, &snapshots));
+    let (restore, summary) = match choice {
+        RestoreChoice::Snapshot(dir) => {
+            let (dir, _, _) = SnapshotLayout::parse_dir(&dir)
+                .ok_or_else(|| RunnerError::BadSnapshotPath(dir.clone()))?;
+            let manifest = read_manifest(store, &dir).await?;
+            let location = store.location(&dir.path());
+            let summary = format!("restoring {location} (given)");
+            (Some((manifest, location)), summary)
+        }
+        RestoreChoice::Latest(level) => {
+            let decision = find_restore_point(store, level).await?;
+            let summary = decision.summary();
+            let restore = decision.chosen.map(|c| {
+                let location = store.location(&c.dir);
+                (c.manifest, location)
+            });
+            (restore, summary)
+        }
+        RestoreChoice::Empty => (None, "starting with empty state (as requested)".to_string()),
+    };
+    let record = AttemptRecord {
+        attempt,
+        started_at_ms: now_ms(),
+        restored_from: restore
+            .as_ref()
+            .map(|(m, location): &(Manifest, String)| SnapshotRef {
+                attempt: m.attempt,
+                checkpoint_id: m.checkpoint_id,
+                location: location.clone(),
+            }),
+    };
+    start_attempt(store, &record).await?;
+    Ok((attempt, restore, summary))
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -132,45 +189,12 @@ where
     let mut level = VerifyLevel::Shallow;
     loop {
         // Decide the attempt number and the snapshot to restore, then record the attempt.
-        let (attempt, restore, summary) = runtime.block_on(async {
-            let attempts = read_attempts(store.as_ref())
-                .await
-                .map_err(CatalogError::from)?;
-            let snapshots = streamjob_checkpoint::catalog::list_snapshots(store.as_ref()).await?;
-            let attempt = next_attempt(&attempts, &snapshots);
-            let (restore, summary) = match explicit.take() {
-                Some(dir) => {
-                    let (dir, _, _) = SnapshotLayout::parse_dir(&dir)
-                        .ok_or_else(|| RunnerError::BadSnapshotPath(dir.clone()))?;
-                    let manifest = read_manifest(store.as_ref(), &dir).await?;
-                    let location = store.location(&dir.path());
-                    let summary = format!("restoring {location} (given)");
-                    (Some((manifest, location)), summary)
-                }
-                None => {
-                    let decision = find_restore_point(store.as_ref(), level).await?;
-                    let summary = decision.summary();
-                    let restore = decision.chosen.map(|c| {
-                        let location = store.location(&c.dir);
-                        (c.manifest, location)
-                    });
-                    (restore, summary)
-                }
-            };
-            let record = AttemptRecord {
-                attempt,
-                started_at_ms: now_ms(),
-                restored_from: restore.as_ref().map(|(m, location): &(Manifest, String)| {
-                    SnapshotRef {
-                        attempt: m.attempt,
-                        checkpoint_id: m.checkpoint_id,
-                        location: location.clone(),
-                    }
-                }),
-            };
-            start_attempt(store.as_ref(), &record).await?;
-            Ok::<_, RunnerError>((attempt, restore, summary))
-        })?;
+        let choice = match explicit.take() {
+            Some(dir) => RestoreChoice::Snapshot(dir),
+            None => RestoreChoice::Latest(level),
+        };
+        let (attempt, restore, summary) =
+            runtime.block_on(begin_attempt(store.as_ref(), None, choice))?;
         let info = AttemptInfo {
             attempt,
             restore_summary: summary,

@@ -1,0 +1,195 @@
+//! `streamjob worker`: one job attempt in a pod. The operator decides the attempt number and the
+//! snapshot to restore and passes them in; the worker records the attempt (fencing older ones), runs
+//! the job with its periodic checkpoints, serves the control API, and exits: 0 when the job finished
+//! or stopped with a savepoint, non-zero when the attempt failed (the operator starts a new one).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use streamjob_checkpoint::catalog::VerifyLevel;
+use streamjob_checkpoint::url::{open_store, S3Options};
+use streamjob_engine::coordinator::AttemptEnd;
+use streamjob_engine::job::{self, AttemptSpec};
+use streamjob_engine::runner::{begin_attempt, RestoreChoice};
+use streamjob_engine::stream::StreamEnv;
+
+use crate::control_api::{router, ControlState, RunState};
+use crate::jobs;
+use crate::local::{prepare, LocalError, LocalOptions};
+
+/// Why a worker could not run its attempt.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The job description is invalid.
+    #[error(transparent)]
+    Job(#[from] LocalError),
+    /// The attempt could not be recorded or its snapshot chosen.
+    #[error(transparent)]
+    Attempt(#[from] streamjob_engine::runner::RunnerError),
+    /// The attempt failed to start or while running.
+    #[error(transparent)]
+    Run(#[from] streamjob_engine::job::JobError),
+    /// The control API could not listen.
+    #[error("failed to listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The I/O runtime could not start.
+    #[error("failed to start the I/O runtime: {0}")]
+    Runtime(std::io::Error),
+    /// Storage could not be opened.
+    #[error("cannot open snapshot storage {url}: {reason}")]
+    Storage { url: String, reason: String },
+}
+
+/// Options of `streamjob worker`.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// The StreamJob manifest rendered by the operator (spec.job, parallelism, checkpoint, storage).
+    pub job: LocalOptions,
+    /// Attempt number assigned by the operator (`None`: the next free one).
+    pub attempt: Option<u64>,
+    /// `latest`, `none`, or a snapshot folder relative to the job's storage root.
+    pub restore: String,
+    /// Control API address.
+    pub listen: SocketAddr,
+    /// Bearer token for mutating control calls.
+    pub token: Option<String>,
+}
+
+/// How the worker ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerExit {
+    /// Finished or stopped with a savepoint.
+    Done,
+    /// Terminated by a signal (the pod is being deleted).
+    Terminated,
+}
+
+/// Run the worker until its attempt ends.
+pub fn run_worker(options: WorkerOptions) -> Result<WorkerExit, WorkerError> {
+    let prepared = prepare(&options.job)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("streamjob-io")
+        .build()
+        .map_err(WorkerError::Runtime)?;
+    let store = runtime
+        .block_on(open_store(
+            &prepared.storage_url,
+            S3Options::default().with_env_defaults(),
+        ))
+        .map_err(|e| WorkerError::Storage {
+            url: prepared.storage_url.clone(),
+            reason: e.to_string(),
+        })?;
+    let choice = match options.restore.as_str() {
+        "latest" | "" => RestoreChoice::Latest(VerifyLevel::Deep),
+        "none" => RestoreChoice::Empty,
+        dir => RestoreChoice::Snapshot(dir.to_string()),
+    };
+    let (attempt, restore, summary) =
+        runtime.block_on(begin_attempt(store.as_ref(), options.attempt, choice))?;
+    tracing::info!(attempt, restore = %summary, "worker attempt recorded");
+    let state = Arc::new(ControlState {
+        job: prepared.config.name.clone(),
+        attempt,
+        restored_from: restore.as_ref().map(|(_, l)| l.clone()),
+        token: options.token.clone(),
+        snapshot_timeout: prepared.config.checkpoints.timeout + Duration::from_secs(5),
+        controller: Mutex::new(None),
+        state: Mutex::new(RunState::Starting),
+        failure: Mutex::new(None),
+        final_progress: Mutex::new(None),
+    });
+
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(options.listen))
+        .map_err(|source| WorkerError::Listen {
+            addr: options.listen,
+            source,
+        })?;
+    let app = router(Arc::clone(&state));
+    runtime.spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "control API stopped");
+        }
+    });
+    let terminated = Arc::new(AtomicBool::new(false));
+    {
+        let terminated = Arc::clone(&terminated);
+        runtime.spawn(async move {
+            if let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            {
+                term.recv().await;
+                terminated.store(true, Ordering::SeqCst);
+            }
+        });
+    }
+
+    let env = StreamEnv::new(prepared.config.clone());
+    jobs::build(&prepared.params, &env).map_err(LocalError::Job)?;
+    let spec = AttemptSpec {
+        attempt,
+        store,
+        restore,
+        allow_non_restored_state: prepared.runner.allow_non_restored_state,
+    };
+    let handle = job::start(env.into_graph(), spec, runtime.handle())?;
+    if let Ok(mut c) = state.controller.lock() {
+        *c = Some(handle.controller());
+    }
+    if let Ok(mut s) = state.state.lock() {
+        *s = RunState::Running;
+    }
+    let mut exit = WorkerExit::Done;
+    while !handle.is_finished() {
+        if terminated.load(Ordering::SeqCst) {
+            tracing::warn!(
+                attempt,
+                "SIGTERM: cancelling the attempt (checkpoints already taken stay valid)"
+            );
+            handle.cancel();
+            exit = WorkerExit::Terminated;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let progress = handle.progress();
+    if let Ok(mut p) = state.final_progress.lock() {
+        *p = Some(progress);
+    }
+    if let Ok(mut c) = state.controller.lock() {
+        *c = None;
+    }
+    let result = handle.join();
+    let (run_state, outcome) = match result {
+        Ok(AttemptEnd::Finished) => (RunState::Finished, Ok(exit)),
+        Ok(AttemptEnd::Stopped(_)) => (RunState::Stopped, Ok(exit)),
+        Err(e) => {
+            if let Ok(mut f) = state.failure.lock() {
+                *f = Some(e.to_string());
+            }
+            (
+                RunState::Failed,
+                if exit == WorkerExit::Terminated {
+                    Ok(exit)
+                } else {
+                    Err(WorkerError::Run(e))
+                },
+            )
+        }
+    };
+    if let Ok(mut s) = state.state.lock() {
+        *s = run_state;
+    }
+    // Give a caller waiting on the stop-with-savepoint response and status pollers a moment.
+    std::thread::sleep(Duration::from_millis(300));
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    outcome
+}
