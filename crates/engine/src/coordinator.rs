@@ -393,9 +393,6 @@ pub fn run_coordinator(
                     final_triggered = None;
                 }
                 consecutive_failures += 1;
-                if let Ok(mut progress) = setup.progress.lock() {
-                    progress.failed += 1;
-                }
                 if consecutive_failures > setup.config.tolerable_failures {
                     return fail(CoordinatorError::TooManyCheckpointFailures {
                         failures: consecutive_failures,
@@ -613,6 +610,9 @@ fn abort(
     send_all: &dyn Fn(TaskControl),
 ) {
     tracing::warn!(checkpoint_id = p.barrier.id, reason, "checkpoint aborted");
+    if let Ok(mut progress) = setup.progress.lock() {
+        progress.failed += 1;
+    }
     send_all(TaskControl::NotifyAborted(p.barrier.id));
     for r in &p.requesters {
         let _ = r.send(Err(reason.to_string()));

@@ -193,8 +193,25 @@ where
             Some(dir) => RestoreChoice::Snapshot(dir),
             None => RestoreChoice::Latest(level),
         };
-        let (attempt, restore, summary) =
-            runtime.block_on(begin_attempt(store.as_ref(), None, choice))?;
+        let begun = runtime.block_on(begin_attempt(store.as_ref(), None, choice.clone()));
+        let (attempt, restore, summary) = match begun {
+            Ok(v) => v,
+            // Storage trouble while choosing the snapshot: retry with backoff like a failed attempt.
+            Err(RunnerError::Catalog(e)) => {
+                consecutive += 1;
+                tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "cannot read snapshot storage; retrying");
+                if consecutive > options.max_restarts {
+                    return Err(RunnerError::Catalog(e));
+                }
+                if let RestoreChoice::Snapshot(dir) = choice {
+                    explicit = Some(dir);
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(options.backoff_max);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let info = AttemptInfo {
             attempt,
             restore_summary: summary,

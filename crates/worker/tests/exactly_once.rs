@@ -348,3 +348,71 @@ fn corrupt_newest_checkpoint_is_skipped_on_restore() {
     );
     assert_same_output(&expected, &output_lines(&out));
 }
+
+#[test]
+fn exactly_once_through_snapshot_upload_and_restore_failures() {
+    use streamjob_checkpoint::memory_store::MemoryStore;
+    let tmp = tempfile::tempdir().unwrap();
+    let expected = reference(tmp.path());
+    let out = tmp.path().join("out");
+    let memory = Arc::new(MemoryStore::new());
+    let store: Arc<dyn SnapshotStore> = memory.clone();
+    let rt = runtime();
+    let options = RunnerOptions {
+        backoff_initial: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(50),
+        ..RunnerOptions::default()
+    };
+    let attempt = Arc::new(AtomicU64::new(0));
+    let mut ticks = 0u64;
+    let mut failed_checkpoints = 0u64;
+    let outcome = run_with_restarts(
+        &config(2, 30),
+        |env| {
+            let n = attempt.fetch_add(1, Ordering::SeqCst);
+            let seen = Arc::new(AtomicU64::new(0));
+            build(
+                env,
+                &out,
+                Some(100_000),
+                Arc::new(move || {
+                    // The first attempt fails mid-way, so the second one must restore.
+                    if n == 0 && seen.fetch_add(1, Ordering::Relaxed) == 40_000 {
+                        panic!("injected failure");
+                    }
+                }),
+            )
+        },
+        store,
+        &options,
+        rt.handle(),
+        |info| {
+            if info.attempt == 2 {
+                // The restore's first read fails: that attempt fails and the next one restores.
+                memory.fail_next_gets(1);
+            }
+        },
+        |handle| {
+            ticks += 1;
+            if ticks.is_multiple_of(3) {
+                // Every ~300 ms the next two uploads fail: those checkpoints are aborted.
+                memory.fail_next_puts(2);
+            }
+            failed_checkpoints = failed_checkpoints.max(handle.progress().failed);
+            MonitorAction::Continue
+        },
+    )
+    .unwrap();
+    let RunOutcome::Finished { restarts, .. } = outcome else {
+        panic!("{outcome:?}");
+    };
+    assert!(
+        restarts >= 2,
+        "expected the injected task failure and restore failure, got {restarts} restarts"
+    );
+    assert!(
+        failed_checkpoints > 0,
+        "no checkpoint failed: upload faults were not exercised"
+    );
+    assert_same_output(&expected, &output_lines(&out));
+}
