@@ -24,3 +24,7 @@ pub const LABEL_WORKER_INDEX: &str = "streamjob.io/worker-index";
 pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
 /// Standard label naming the manager of an object.
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+
+/// Names of the built-in jobs a worker can run by `spec.job.name` (the operator validates against
+/// this list without linking the engine).
+pub const BUILTIN_JOBS: &[&str] = &["windowed-count", "nexmark-q0", "nexmark-q1", "nexmark-q2"];

@@ -40,8 +40,8 @@ pub enum JobSpecError {
     },
 }
 
-/// Names of the built-in jobs.
-pub const BUILTIN_JOBS: &[&str] = &["windowed-count", "nexmark-q0", "nexmark-q1", "nexmark-q2"];
+/// Names of the built-in jobs (defined in the api crate so the operator can validate them).
+pub use streamjob_api::BUILTIN_JOBS;
 
 /// Parameters of a job, as strings (from the manifest, overridden by `--set`).
 #[derive(Debug, Clone, Default)]

@@ -1,0 +1,318 @@
+//! Validation of a StreamJob beyond its CRD schema (pure: no client, facts are passed in). Every
+//! problem names the field and says what to do; an invalid spec is reported in status and events
+//! and never touches running pods.
+
+use streamjob_api::duration::parse_duration;
+use streamjob_api::v1alpha1::StreamJobSpec;
+use streamjob_api::BUILTIN_JOBS;
+
+/// Facts from the cluster the checks need (observed before validation).
+#[derive(Debug, Clone, Default)]
+pub struct ObservedFacts {
+    /// Secrets that exist in the job's namespace, with their keys.
+    pub secrets: Vec<(String, Vec<String>)>,
+}
+
+/// One problem with a spec.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Invalid {
+    /// JSON path of the field (`spec.checkpoint.interval`).
+    pub field: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> Invalid {
+    Invalid {
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Every problem of `spec` (empty: valid).
+pub fn validate(spec: &StreamJobSpec, facts: &ObservedFacts) -> Vec<Invalid> {
+    let mut problems = Vec::new();
+
+    if spec.parallelism > spec.max_parallelism {
+        problems.push(invalid(
+            "spec.parallelism",
+            format!(
+                "parallelism {} is above maxParallelism {}; lower parallelism or raise maxParallelism (only before the job has state)",
+                spec.parallelism, spec.max_parallelism
+            ),
+        ));
+    }
+
+    match (&spec.job.name, spec.job.entrypoint.is_empty()) {
+        (Some(_), false) => problems.push(invalid(
+            "spec.job",
+            "set either job.name (a built-in job) or job.entrypoint (a custom job), not both",
+        )),
+        (None, true) => problems.push(invalid(
+            "spec.job",
+            "set job.name to a built-in job or job.entrypoint to run a custom job",
+        )),
+        (Some(name), true) if !BUILTIN_JOBS.contains(&name.as_str()) => problems.push(invalid(
+            "spec.job.name",
+            format!(
+                "unknown built-in job {name:?}; built-in jobs: {}",
+                BUILTIN_JOBS.join(", ")
+            ),
+        )),
+        _ => {}
+    }
+
+    let durations = [
+        (
+            "spec.checkpoint.interval",
+            Some(spec.checkpoint.interval.as_str()),
+            true,
+        ),
+        (
+            "spec.checkpoint.timeout",
+            Some(spec.checkpoint.timeout.as_str()),
+            true,
+        ),
+        (
+            "spec.checkpoint.minPause",
+            Some(spec.checkpoint.min_pause.as_str()),
+            false,
+        ),
+        (
+            "spec.maxCheckpointAge",
+            spec.max_checkpoint_age.as_deref(),
+            true,
+        ),
+        (
+            "spec.savepoint.periodicInterval",
+            spec.savepoint.periodic_interval.as_deref(),
+            true,
+        ),
+        (
+            "spec.savepoint.historyMaxAge",
+            spec.savepoint.history_max_age.as_deref(),
+            true,
+        ),
+        (
+            "spec.restartPolicy.backoff.initial",
+            Some(spec.restart_policy.backoff.initial.as_str()),
+            true,
+        ),
+        (
+            "spec.restartPolicy.backoff.max",
+            Some(spec.restart_policy.backoff.max.as_str()),
+            true,
+        ),
+    ];
+    for (field, value, positive) in durations {
+        let Some(value) = value else { continue };
+        match parse_duration(value) {
+            Ok(d) if positive && d.is_zero() => {
+                problems.push(invalid(field, "must be greater than zero"))
+            }
+            Ok(_) => {}
+            Err(e) => problems.push(invalid(field, e.to_string())),
+        }
+    }
+    if let (Ok(initial), Ok(max)) = (
+        parse_duration(&spec.restart_policy.backoff.initial),
+        parse_duration(&spec.restart_policy.backoff.max),
+    ) {
+        if initial > max {
+            problems.push(invalid(
+                "spec.restartPolicy.backoff",
+                "initial must not be larger than max",
+            ));
+        }
+    }
+
+    match (&spec.storage.s3, &spec.storage.path) {
+        (Some(_), Some(_)) => problems.push(invalid(
+            "spec.storage",
+            "set either storage.s3 or storage.path, not both",
+        )),
+        (None, None) => problems.push(invalid(
+            "spec.storage",
+            "set storage.s3 (bucket, ...) or storage.path",
+        )),
+        (None, Some(path)) => {
+            let trimmed = path.strip_prefix("file://").unwrap_or(path);
+            if !trimmed.starts_with('/') {
+                problems.push(invalid(
+                    "spec.storage.path",
+                    "must be an absolute path (or file:///...) that every worker sees",
+                ));
+            }
+            if trimmed.split('/').any(|segment| segment == "..") {
+                problems.push(invalid(
+                    "spec.storage.path",
+                    "must not contain '..' segments",
+                ));
+            }
+        }
+        (Some(s3), None) => {
+            if let Some(prefix) = &s3.prefix {
+                if prefix
+                    .split('/')
+                    .any(|segment| segment == ".." || segment == ".")
+                {
+                    problems.push(invalid(
+                        "spec.storage.s3.prefix",
+                        "must not contain '.' or '..' segments",
+                    ));
+                }
+                if prefix.contains("//") {
+                    problems.push(invalid(
+                        "spec.storage.s3.prefix",
+                        "must not contain empty segments ('//')",
+                    ));
+                }
+            }
+            if let Some(secret) = &s3.credentials_secret {
+                match facts.secrets.iter().find(|(name, _)| *name == secret.name) {
+                    None => problems.push(invalid(
+                        "spec.storage.s3.credentialsSecret.name",
+                        format!("Secret {:?} does not exist in the job's namespace; create it with the S3 access keys", secret.name),
+                    )),
+                    Some((_, keys)) => {
+                        for key in [&secret.access_key_id_key, &secret.secret_access_key_key] {
+                            if !keys.contains(key) {
+                                problems.push(invalid(
+                                    "spec.storage.s3.credentialsSecret",
+                                    format!("Secret {:?} has no key {key:?}", secret.name),
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    if let Some(path) = &spec.initial_savepoint_path {
+        if !(path.starts_with("s3://") || path.starts_with("file:///") || path.starts_with('/')) {
+            problems.push(invalid(
+                "spec.initialSavepointPath",
+                "must be a full s3:// or file:/// URL of a snapshot folder",
+            ));
+        }
+        if path.split('/').any(|segment| segment == "..") {
+            problems.push(invalid(
+                "spec.initialSavepointPath",
+                "must not contain '..' segments",
+            ));
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use streamjob_api::v1alpha1::{CredentialsSecretRef, S3StorageSpec};
+
+    fn spec() -> StreamJobSpec {
+        StreamJobSpec::builtin("windowed-count", "/data/snapshots")
+    }
+
+    fn fields(spec: &StreamJobSpec, facts: &ObservedFacts) -> Vec<String> {
+        validate(spec, facts).into_iter().map(|i| i.field).collect()
+    }
+
+    #[test]
+    fn a_default_spec_is_valid() {
+        assert!(validate(&spec(), &ObservedFacts::default()).is_empty());
+    }
+
+    /// A change that makes a valid spec invalid.
+    type Mutation = Box<dyn Fn(&mut StreamJobSpec)>;
+
+    #[test]
+    fn each_rule_reports_its_field() {
+        let facts = ObservedFacts::default();
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("spec.parallelism", Box::new(|s| s.parallelism = 200)),
+            (
+                "spec.job.name",
+                Box::new(|s| s.job.name = Some("no-such-job".into())),
+            ),
+            (
+                "spec.job",
+                Box::new(|s| s.job.entrypoint = vec!["/bin/job".into()]),
+            ),
+            ("spec.job", Box::new(|s| s.job.name = None)),
+            (
+                "spec.checkpoint.interval",
+                Box::new(|s| s.checkpoint.interval = "0s".into()),
+            ),
+            (
+                "spec.checkpoint.timeout",
+                Box::new(|s| s.checkpoint.timeout = "soon".into()),
+            ),
+            (
+                "spec.restartPolicy.backoff",
+                Box::new(|s| s.restart_policy.backoff.initial = "2m".into()),
+            ),
+            ("spec.storage", Box::new(|s| s.storage.path = None)),
+            (
+                "spec.storage.path",
+                Box::new(|s| s.storage.path = Some("relative/dir".into())),
+            ),
+            (
+                "spec.storage.path",
+                Box::new(|s| s.storage.path = Some("/data/../etc".into())),
+            ),
+            (
+                "spec.initialSavepointPath",
+                Box::new(|s| s.initial_savepoint_path = Some("savepoints/sp-1".into())),
+            ),
+        ];
+        for (field, mutate) in cases {
+            let mut s = spec();
+            mutate(&mut s);
+            assert!(
+                fields(&s, &facts).contains(&field.to_string()),
+                "{field}: {:?}",
+                validate(&s, &facts)
+            );
+        }
+    }
+
+    #[test]
+    fn s3_prefix_and_credentials_secret_are_checked_against_facts() {
+        let mut s = spec();
+        s.storage.path = None;
+        s.storage.s3 = Some(S3StorageSpec {
+            bucket: "snapshots".into(),
+            prefix: Some("team/../other".into()),
+            credentials_secret: Some(CredentialsSecretRef {
+                name: "s3-keys".into(),
+                access_key_id_key: "AWS_ACCESS_KEY_ID".into(),
+                secret_access_key_key: "AWS_SECRET_ACCESS_KEY".into(),
+            }),
+            ..S3StorageSpec::default()
+        });
+        let missing = fields(&s, &ObservedFacts::default());
+        assert!(missing.contains(&"spec.storage.s3.prefix".to_string()));
+        assert!(missing.contains(&"spec.storage.s3.credentialsSecret.name".to_string()));
+        let partial = ObservedFacts {
+            secrets: vec![("s3-keys".into(), vec!["AWS_ACCESS_KEY_ID".into()])],
+        };
+        let problems = validate(&s, &partial);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.message.contains("AWS_SECRET_ACCESS_KEY")),
+            "{problems:?}"
+        );
+        s.storage.s3.as_mut().unwrap().prefix = Some("team-a/prod".into());
+        let complete = ObservedFacts {
+            secrets: vec![(
+                "s3-keys".into(),
+                vec!["AWS_ACCESS_KEY_ID".into(), "AWS_SECRET_ACCESS_KEY".into()],
+            )],
+        };
+        assert!(validate(&s, &complete).is_empty());
+    }
+}
