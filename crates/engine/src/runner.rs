@@ -196,12 +196,13 @@ where
         let begun = runtime.block_on(begin_attempt(store.as_ref(), None, choice.clone()));
         let (attempt, restore, summary) = match begun {
             Ok(v) => v,
-            // Storage trouble while choosing the snapshot: retry with backoff like a failed attempt.
-            Err(RunnerError::Catalog(e)) => {
+            // Storage trouble while choosing the snapshot or recording the attempt: retry with
+            // backoff like a failed attempt (the next try picks a fresh attempt number).
+            Err(e @ (RunnerError::Catalog(_) | RunnerError::Attempt(AttemptError::Store(_)))) => {
                 consecutive += 1;
                 tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "cannot read snapshot storage; retrying");
                 if consecutive > options.max_restarts {
-                    return Err(RunnerError::Catalog(e));
+                    return Err(e);
                 }
                 if let RestoreChoice::Snapshot(dir) = choice {
                     explicit = Some(dir);
