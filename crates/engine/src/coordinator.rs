@@ -311,6 +311,32 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Consecutive checkpoint failures against `tolerable_failures` (pure).
+#[derive(Debug)]
+struct FailureBudget {
+    consecutive: u32,
+    tolerable: u32,
+}
+
+impl FailureBudget {
+    /// A checkpoint failed: Err once more than `tolerable` failed in a row.
+    fn failed(&mut self, reason: String) -> Result<(), CoordinatorError> {
+        self.consecutive += 1;
+        if self.consecutive > self.tolerable {
+            return Err(CoordinatorError::TooManyCheckpointFailures {
+                failures: self.consecutive,
+                tolerable: self.tolerable,
+                last: reason,
+            });
+        }
+        Ok(())
+    }
+    /// A checkpoint completed.
+    fn succeeded(&mut self) {
+        self.consecutive = 0;
+    }
+}
+
 /// Runs the coordinator until every task finished (Ok) or the attempt fails (Err).
 pub fn run_coordinator(
     setup: CoordinatorSetup,
@@ -323,7 +349,10 @@ pub fn run_coordinator(
     let mut finished_tasks: HashSet<TaskId> = HashSet::new();
     let mut final_triggered: Option<u64> = None;
     let mut stop_savepoint: Option<CompletedSnapshot> = None;
-    let mut consecutive_failures = 0u32;
+    let mut budget = FailureBudget {
+        consecutive: 0,
+        tolerable: setup.config.tolerable_failures,
+    };
     let send_all = |message: TaskControl| {
         for (_, control) in &setup.controls {
             let _ = control.send(message.clone());
@@ -392,13 +421,8 @@ pub fn run_coordinator(
                 if final_triggered == Some(id) {
                     final_triggered = None;
                 }
-                consecutive_failures += 1;
-                if consecutive_failures > setup.config.tolerable_failures {
-                    return fail(CoordinatorError::TooManyCheckpointFailures {
-                        failures: consecutive_failures,
-                        tolerable: setup.config.tolerable_failures,
-                        last: reason,
-                    });
+                if let Err(e) = budget.failed(reason) {
+                    return fail(e);
                 }
             }
         }
@@ -424,7 +448,7 @@ pub fn run_coordinator(
                         .expect("acknowledged checkpoint is pending");
                     match complete(&setup, p, &send_all) {
                         Ok(done) => {
-                            consecutive_failures = 0;
+                            budget.succeeded();
                             scheduler.ended(Instant::now());
                             if done.kind.stops_job() {
                                 stop_savepoint = Some(done);
@@ -441,13 +465,8 @@ pub fn run_coordinator(
                             if final_triggered == Some(id) {
                                 final_triggered = None;
                             }
-                            consecutive_failures += 1;
-                            if consecutive_failures > setup.config.tolerable_failures {
-                                return fail(CoordinatorError::TooManyCheckpointFailures {
-                                    failures: consecutive_failures,
-                                    tolerable: setup.config.tolerable_failures,
-                                    last: reason,
-                                });
+                            if let Err(e) = budget.failed(reason) {
+                                return fail(e);
                             }
                         }
                     }
@@ -466,13 +485,8 @@ pub fn run_coordinator(
                     if final_triggered == Some(checkpoint_id) {
                         final_triggered = None;
                     }
-                    consecutive_failures += 1;
-                    if consecutive_failures > setup.config.tolerable_failures {
-                        return fail(CoordinatorError::TooManyCheckpointFailures {
-                            failures: consecutive_failures,
-                            tolerable: setup.config.tolerable_failures,
-                            last: reason,
-                        });
+                    if let Err(e) = budget.failed(reason) {
+                        return fail(e);
                     }
                 }
             }
