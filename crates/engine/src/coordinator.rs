@@ -378,38 +378,36 @@ pub fn run_coordinator(
             });
         }
         let now = Instant::now();
-        // Periodic trigger (not once sources are finishing).
+        // Decide whether a checkpoint starts now: the final one once every source finished, else
+        // a periodic one (not while sources are finishing).
         let all_sources_done = finished_sources.len() == setup.sources.len();
-        if all_sources_done && final_triggered.is_none() && pending.is_empty() {
+        let start_now = if all_sources_done {
+            (final_triggered.is_none() && pending.is_empty()).then_some(true)
+        } else {
+            (finished_sources.is_empty()
+                && scheduler
+                    .next_trigger_at(pending.len())
+                    .is_some_and(|t| t <= now))
+            .then_some(false)
+        };
+        if let Some(is_final) = start_now {
             let barrier = Barrier {
                 id: next_id,
                 kind: SnapshotType::Checkpoint,
-                is_final: true,
+                is_final,
             };
             next_id += 1;
             pending.start(barrier, &setup.tasks, now, now_ms());
             scheduler.triggered(now);
-            final_triggered = Some(barrier.id);
-            tracing::info!(
-                checkpoint_id = barrier.id,
-                "all sources finished: final checkpoint triggered"
-            );
-            trigger(barrier);
-        } else if !all_sources_done
-            && finished_sources.is_empty()
-            && scheduler
-                .next_trigger_at(pending.len())
-                .is_some_and(|t| t <= now)
-        {
-            let barrier = Barrier {
-                id: next_id,
-                kind: SnapshotType::Checkpoint,
-                is_final: false,
-            };
-            next_id += 1;
-            pending.start(barrier, &setup.tasks, now, now_ms());
-            scheduler.triggered(now);
-            tracing::debug!(checkpoint_id = barrier.id, "checkpoint triggered");
+            if is_final {
+                final_triggered = Some(barrier.id);
+                tracing::info!(
+                    checkpoint_id = barrier.id,
+                    "all sources finished: final checkpoint triggered"
+                );
+            } else {
+                tracing::debug!(checkpoint_id = barrier.id, "checkpoint triggered");
+            }
             trigger(barrier);
         }
         // Timeouts.
