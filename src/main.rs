@@ -1,6 +1,6 @@
 //! `streamjob`: one thin binary for every role. `run` is local mode (a StreamJob manifest run in this
 //! process); `worker` runs one job attempt in a pod with the control API; `crd` prints the
-//! CustomResourceDefinition. The operator role lands with its crate.
+//! CustomResourceDefinition; `operator` runs the StreamJob controller.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -59,6 +59,30 @@ enum Command {
         #[arg(long, env = "STREAMJOB_CHECKPOINT_DIR")]
         checkpoint_dir: Option<String>,
     },
+    /// Run the StreamJob controller (in a pod, or anywhere with a KUBECONFIG).
+    Operator {
+        /// Watch only this namespace (default: all namespaces).
+        #[arg(long, env = "STREAMJOB_WATCH_NAMESPACE")]
+        namespace: Option<String>,
+        /// Address of /metrics, /healthz and /readyz.
+        #[arg(long, env = "STREAMJOB_HTTP_ADDR", default_value = "0.0.0.0:8081")]
+        http_addr: std::net::SocketAddr,
+        /// Elect a leader with a Lease (required when running more than one replica).
+        #[arg(long, env = "STREAMJOB_LEADER_ELECTION")]
+        leader_election: bool,
+        /// Namespace of the leader Lease (default: the watched namespace, else POD_NAMESPACE, else default).
+        #[arg(long, env = "STREAMJOB_LEASE_NAMESPACE")]
+        lease_namespace: Option<String>,
+        /// Name of the leader Lease.
+        #[arg(long, default_value = "streamjob-operator")]
+        lease_name: String,
+        /// Longest wait for a stop-with-savepoint before an upgrade or suspend falls back to the latest checkpoint.
+        #[arg(long, default_value = "5m", value_parser = parse_duration_arg)]
+        savepoint_timeout: std::time::Duration,
+        /// Longest a deletion waits for its final savepoint and for the pods to stop.
+        #[arg(long, default_value = "2m", value_parser = parse_duration_arg)]
+        delete_timeout: std::time::Duration,
+    },
     /// Print the StreamJob CustomResourceDefinition as YAML (`crds/streamjob.yaml` is this output).
     Crd,
 }
@@ -70,8 +94,14 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
+fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    streamjob_api::duration::parse_duration(s).map_err(|e| e.to_string())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // kube and aws-sdk-s3 both link rustls; pick one crypto provider for the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("STREAMJOB_LOG")
@@ -138,6 +168,45 @@ fn main() -> anyhow::Result<()> {
                 streamjob_worker::worker_mode::WorkerExit::Done => {}
                 streamjob_worker::worker_mode::WorkerExit::Terminated => std::process::exit(143),
             }
+        }
+        Command::Operator {
+            namespace,
+            http_addr,
+            leader_election,
+            lease_namespace,
+            lease_name,
+            savepoint_timeout,
+            delete_timeout,
+        } => {
+            let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+                format!(
+                    "{}-{}",
+                    std::env::var("HOSTNAME").unwrap_or_else(|_| "operator".into()),
+                    std::process::id()
+                )
+            });
+            let lease_namespace = lease_namespace
+                .or_else(|| namespace.clone())
+                .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                .unwrap_or_else(|| "default".into());
+            let options = streamjob_operator::run::OperatorOptions {
+                namespace,
+                http_addr,
+                leader_election,
+                lease_namespace,
+                lease_name,
+                identity,
+                limits: streamjob_operator::decide::Limits {
+                    savepoint: savepoint_timeout,
+                    delete: delete_timeout,
+                    ..Default::default()
+                },
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("failed to start the async runtime")?;
+            runtime.block_on(streamjob_operator::run::run(options))?;
         }
         Command::Crd => {
             let yaml = serde_yaml::to_string(&streamjob_api::v1alpha1::crd())

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the harness tests of the local cluster: brings the cluster up if needed, runs
-# `cargo test -p streamjob-testkit --test cluster`, and brings it down again if it started it.
+# `cargo test -p streamjob-testkit --test cluster --test operator`, and brings it down again if it started it.
 # Extra arguments go to the test binary (e.g. a test name filter).
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -32,3 +32,9 @@ trap cleanup EXIT
 )
 
 cargo test -p streamjob-testkit --test cluster -- "$@"
+# The operator end to end: its own process per test, real workers, S3. The streamjob binary the
+# pods run is the one `cargo build` (or the workspace tests) produced.
+cargo build -q --bin streamjob
+cargo test -p streamjob-testkit --test operator -- "$@"
+# The Helm chart rendered without helm, applied to the cluster, RBAC checked, the operator run from it.
+bash tests/chart/test.sh

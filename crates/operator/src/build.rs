@@ -207,6 +207,8 @@ pub fn build(
             ports: Some(vec![ServicePort {
                 name: Some("control".into()),
                 port: CONTROL_PORT,
+                // Server-side apply keys ports by (port, protocol): the protocol must be explicit.
+                protocol: Some("TCP".into()),
                 target_port: Some(IntOrString::Int(CONTROL_PORT)),
                 ..ServicePort::default()
             }]),
@@ -256,7 +258,7 @@ pub fn build(
         "--restore".into(),
         plan.restore.clone(),
         "--listen".into(),
-        format!("0.0.0.0:{CONTROL_PORT}"),
+        format!("$(POD_IP):{CONTROL_PORT}"),
     ];
     let (command, args) = if spec.job.entrypoint.is_empty() {
         (vec!["streamjob".to_string()], worker_args)
@@ -282,6 +284,7 @@ pub fn build(
         ports: Some(vec![ContainerPort {
             name: Some("control".into()),
             container_port: CONTROL_PORT,
+            protocol: Some("TCP".into()),
             ..ContainerPort::default()
         }]),
         readiness_probe: Some(http_probe("/readyz", 2, 3)),

@@ -1,9 +1,22 @@
-//! The StreamJob controller. Reconcile is a named pipeline: observe (API and S3) -> validate (pure)
-//! -> build desired objects (pure) -> apply (server-side apply) -> status. This crate links the api
-//! and checkpoint crates, never the engine.
+//! The StreamJob controller. Reconcile is a named pipeline: observe (API server, worker control
+//! API, snapshot storage) -> validate (pure) -> decide (pure) -> write status -> apply. This crate
+//! links the api and checkpoint crates, never the engine.
 //!
-//! Landed so far: `validate` (the pure checks of what the CRD schema cannot express) and `build`
-//! (the desired objects of a job attempt).
+//! - `validate`: what the CRD schema cannot check.
+//! - `build`: the objects of one job attempt.
+//! - `hash`: which spec changes are upgrades.
+//! - `facts`, `observe`: what was observed, as plain data.
+//! - `decide`: the lifecycle state machine (deploy, upgrade, suspend, resume, restart, delete).
+//! - `reconcile`: one pass with I/O; `run`: the controller process; `leader`: Lease election.
 
 pub mod build;
+pub mod decide;
+pub mod facts;
+pub mod hash;
+pub mod leader;
+pub mod metrics;
+pub mod observe;
+pub mod reconcile;
+pub mod run;
 pub mod validate;
+pub mod worker_client;

@@ -11,6 +11,8 @@ use streamjob_api::BUILTIN_JOBS;
 pub struct ObservedFacts {
     /// Secrets that exist in the job's namespace, with their keys.
     pub secrets: Vec<(String, Vec<String>)>,
+    /// Root of the job's snapshot storage (`StreamJobSpec::storage_url`), when known.
+    pub storage_url: Option<String>,
 }
 
 /// One problem with a spec.
@@ -197,6 +199,20 @@ pub fn validate(spec: &StreamJobSpec, facts: &ObservedFacts) -> Vec<Invalid> {
                 "must be a full s3:// or file:/// URL of a snapshot folder",
             ));
         }
+        if let Some(root) = facts.storage_url.as_deref() {
+            let root = root.trim_end_matches('/');
+            let under_root = path
+                .strip_prefix(root)
+                .is_some_and(|rest| rest.starts_with('/') && rest.len() > 1);
+            if (root.contains("://") || root.starts_with('/')) && !under_root {
+                problems.push(invalid(
+                    "spec.initialSavepointPath",
+                    format!(
+                        "must be a snapshot folder under this job's storage {root}/ (copy the savepoint folder there first; restoring across storage roots is not supported)"
+                    ),
+                ));
+            }
+        }
         if path.split('/').any(|segment| segment == "..") {
             problems.push(invalid(
                 "spec.initialSavepointPath",
@@ -298,6 +314,7 @@ mod tests {
         assert!(missing.contains(&"spec.storage.s3.credentialsSecret.name".to_string()));
         let partial = ObservedFacts {
             secrets: vec![("s3-keys".into(), vec!["AWS_ACCESS_KEY_ID".into()])],
+            ..ObservedFacts::default()
         };
         let problems = validate(&s, &partial);
         assert!(
@@ -312,7 +329,32 @@ mod tests {
                 "s3-keys".into(),
                 vec!["AWS_ACCESS_KEY_ID".into(), "AWS_SECRET_ACCESS_KEY".into()],
             )],
+            ..ObservedFacts::default()
         };
         assert!(validate(&s, &complete).is_empty());
+    }
+
+    #[test]
+    fn the_initial_savepoint_must_be_under_the_job_storage() {
+        let facts = ObservedFacts {
+            storage_url: Some("s3://b/ns/job".into()),
+            ..ObservedFacts::default()
+        };
+        let mut s = spec();
+        s.initial_savepoint_path = Some("s3://b/ns/job/savepoints/sp-0000000004-000001".into());
+        assert!(
+            validate(&s, &facts).is_empty(),
+            "{:?}",
+            validate(&s, &facts)
+        );
+        s.initial_savepoint_path = Some("s3://b/ns/other/savepoints/sp-0000000004-000001".into());
+        let problems = validate(&s, &facts);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.field == "spec.initialSavepointPath"
+                    && p.message.contains("s3://b/ns/job/")),
+            "{problems:?}"
+        );
     }
 }

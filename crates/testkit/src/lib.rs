@@ -14,4 +14,4 @@ mod cluster;
 mod env;
 
 pub use cluster::TestCluster;
-pub use env::{ensure_cluster, install_crypto_provider, ClusterEnv, ClusterError};
+pub use env::{ensure_cluster, install_crypto_provider, repo_root, ClusterEnv, ClusterError};

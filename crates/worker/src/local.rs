@@ -147,23 +147,9 @@ pub fn prepare_job(job: &StreamJob, options: &LocalOptions) -> Result<LocalJob, 
         .namespace
         .clone()
         .unwrap_or_else(|| "default".into());
-    let storage_url = match (
-        &options.checkpoint_dir,
-        &spec.storage.path,
-        &spec.storage.s3,
-    ) {
-        (Some(dir), _, _) => dir.clone(),
-        (None, Some(path), _) => path.clone(),
-        (None, None, Some(s3)) => {
-            let prefix = s3.prefix.as_deref().unwrap_or("").trim_matches('/');
-            let root = if prefix.is_empty() {
-                String::new()
-            } else {
-                format!("{prefix}/")
-            };
-            format!("s3://{}/{root}{namespace}/{name}", s3.bucket)
-        }
-        (None, None, None) => format!("streamjob-data/{namespace}/{name}/snapshots"),
+    let storage_url = match &options.checkpoint_dir {
+        Some(dir) => dir.clone(),
+        None => spec.storage_url(&namespace, &name),
     };
     let backoff = &spec.restart_policy.backoff;
     let runner = RunnerOptions {

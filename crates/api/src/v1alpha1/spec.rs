@@ -539,6 +539,28 @@ impl StreamJobSpec {
     }
 }
 
+impl StreamJobSpec {
+    /// Root of the job's snapshots: `spec.storage.path` as given, or
+    /// `s3://<bucket>/[<prefix>/]<namespace>/<name>`, or (no storage set) the local default
+    /// `streamjob-data/<namespace>/<name>/snapshots`. Workers and the operator both use this, so they
+    /// always agree on where a job's checkpoints and savepoints are.
+    pub fn storage_url(&self, namespace: &str, name: &str) -> String {
+        match (&self.storage.path, &self.storage.s3) {
+            (Some(path), _) => path.clone(),
+            (None, Some(s3)) => {
+                let prefix = s3.prefix.as_deref().unwrap_or("").trim_matches('/');
+                let root = if prefix.is_empty() {
+                    String::new()
+                } else {
+                    format!("{prefix}/")
+                };
+                format!("s3://{}/{root}{namespace}/{name}", s3.bucket)
+            }
+            (None, None) => format!("streamjob-data/{namespace}/{name}/snapshots"),
+        }
+    }
+}
+
 impl JobSpec {
     /// A job parameter as text (integers are rendered in decimal).
     pub fn param(&self, key: &str) -> Option<String> {
