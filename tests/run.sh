@@ -23,5 +23,8 @@ export S3S_FS_BIN
 echo "== tests"
 cargo nextest run --workspace --exclude streamjob-testkit --locked --no-fail-fast
 
+echo "== GitOps health check (Argo CD Lua) on its test data"
+bash tests/gitops/test.sh
+
 echo "== local cluster (real kube-apiserver, etcd, controller-manager, process kubelet, S3)"
 bash tests/cluster/test.sh
