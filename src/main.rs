@@ -79,6 +79,10 @@ enum Command {
         /// Longest wait for a stop-with-savepoint before an upgrade or suspend falls back to the latest checkpoint.
         #[arg(long, default_value = "5m", value_parser = parse_duration_arg)]
         savepoint_timeout: std::time::Duration,
+        /// Longest an upgraded spec may take to reach Running before it is rolled back to the last
+        /// stable spec (0 disables rollback).
+        #[arg(long, default_value = "5m", value_parser = parse_duration_arg)]
+        rollback_timeout: std::time::Duration,
         /// Longest a deletion waits for its final savepoint and for the pods to stop.
         #[arg(long, default_value = "2m", value_parser = parse_duration_arg)]
         delete_timeout: std::time::Duration,
@@ -176,6 +180,7 @@ fn main() -> anyhow::Result<()> {
             lease_namespace,
             lease_name,
             savepoint_timeout,
+            rollback_timeout,
             delete_timeout,
         } => {
             let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
@@ -199,6 +204,7 @@ fn main() -> anyhow::Result<()> {
                 limits: streamjob_operator::decide::Limits {
                     savepoint: savepoint_timeout,
                     delete: delete_timeout,
+                    rollback: (!rollback_timeout.is_zero()).then_some(rollback_timeout),
                     ..Default::default()
                 },
             };

@@ -46,6 +46,8 @@ pub struct AttemptPlan {
     pub attempt: u64,
     /// `latest`, `none`, or a snapshot folder relative to the job's storage root.
     pub restore: String,
+    /// Build from `status.lastStableSpec` instead of the current spec (a rolled-back upgrade).
+    pub last_stable: bool,
 }
 
 /// All objects of one attempt.
@@ -426,6 +428,7 @@ mod tests {
         AttemptPlan {
             attempt: 3,
             restore: "checkpoints/000002-0000000041".into(),
+            last_stable: false,
         }
     }
 

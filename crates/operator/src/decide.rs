@@ -35,6 +35,8 @@ pub mod kind {
     pub const RESTART: &str = "restart";
     /// The StreamJob is being deleted.
     pub const DELETE: &str = "delete";
+    /// An upgrade did not become ready in time: back to the last stable spec.
+    pub const ROLLBACK: &str = "rollback";
 }
 
 /// Steps of `pendingChange`.
@@ -57,6 +59,9 @@ pub struct Limits {
     pub savepoint: Duration,
     /// Longest a worker pod may take to start before the attempt counts as failed.
     pub start: Duration,
+    /// Longest an upgraded spec may take to reach Running before it is rolled back to the last
+    /// stable spec (`None`: never roll back).
+    pub rollback: Option<Duration>,
     /// Longest a deletion waits for its final savepoint and pod shutdown before the finalizer is removed.
     pub delete: Duration,
     /// Requeue while a change is in progress.
@@ -70,6 +75,7 @@ impl Default for Limits {
         Self {
             savepoint: Duration::from_secs(300),
             start: Duration::from_secs(300),
+            rollback: Some(Duration::from_secs(300)),
             delete: Duration::from_secs(120),
             busy_poll: Duration::from_secs(1),
             running_poll: Duration::from_secs(10),
@@ -370,7 +376,7 @@ fn prune_savepoints(input: &Input<'_>, d: &mut Decision) {
 fn phase_of(kind: &str) -> JobPhase {
     match kind {
         kind::DEPLOY | kind::RESUME => JobPhase::Deploying,
-        kind::UPGRADE => JobPhase::Upgrading,
+        kind::UPGRADE | kind::ROLLBACK => JobPhase::Upgrading,
         kind::SUSPEND => JobPhase::Suspending,
         kind::RESTART => JobPhase::Restarting,
         _ => JobPhase::Deleting,
@@ -384,11 +390,25 @@ fn begin(
     step: &str,
     restore_from: Option<String>,
 ) {
+    // What the new attempt runs: the current spec, except after a rollback (the last stable spec,
+    // until the spec changes).
+    let stable = stable_spec_hash(&d.status);
+    let target = if kind == kind::ROLLBACK
+        || (kind != kind::UPGRADE
+            && d.status.rolled_back_spec_hash.as_deref() == Some(input.spec_hash))
+    {
+        stable.unwrap_or_else(|| input.spec_hash.to_string())
+    } else {
+        input.spec_hash.to_string()
+    };
+    if kind == kind::UPGRADE && d.status.last_stable_spec.is_some() {
+        d.status.unproven_since = Some(ms_time(input.now_ms));
+    }
     let pending = PendingChange {
         kind: kind.to_string(),
         step: step.to_string(),
         target_generation: Some(input.generation),
-        target_spec_hash: Some(input.spec_hash.to_string()),
+        target_spec_hash: Some(target),
         restore_from,
         savepoint_request: None,
         started_at: Some(ms_time(input.now_ms)),
@@ -396,6 +416,18 @@ fn begin(
     d.status.pending_change = Some(pending.clone());
     d.status.phase = Some(phase_of(kind));
     advance(input, d, pending);
+}
+
+/// The last spec that reached Running, if recorded and readable.
+pub fn stable_spec(status: &StreamJobStatus) -> Option<StreamJobSpec> {
+    status
+        .last_stable_spec
+        .as_deref()
+        .and_then(|json| serde_json::from_str(json).ok())
+}
+
+fn stable_spec_hash(status: &StreamJobStatus) -> Option<String> {
+    stable_spec(status).map(|s| crate::hash::pod_spec_hash(&s))
 }
 
 fn live_pods<'p>(input: &Input<'p>) -> impl Iterator<Item = &'p ObservedPod> {
@@ -579,7 +611,12 @@ fn advance(input: &Input<'_>, d: &mut Decision, mut pending: PendingChange) {
         d.status.job_attempt = Some(next as i64);
         d.status.running_spec_hash = pending.target_spec_hash.clone();
         d.status.restored_from = restore_location;
-        d.status.parallelism = Some(input.spec.parallelism);
+        let last_stable = pending.target_spec_hash.as_deref() != Some(input.spec_hash);
+        d.status.parallelism = Some(if last_stable {
+            stable_spec(&d.status).map_or(input.spec.parallelism, |s| s.parallelism)
+        } else {
+            input.spec.parallelism
+        });
         d.status.pending_change = Some(pending.clone());
         d.note(
             false,
@@ -603,8 +640,13 @@ fn advance(input: &Input<'_>, d: &mut Decision, mut pending: PendingChange) {
             None | Some(RESTORE_NONE) => RESTORE_NONE.to_string(),
             Some(location) => relative_dir(input.storage_url, location),
         };
-        d.actions
-            .push(Action::StartAttempt(AttemptPlan { attempt, restore }));
+        let last_stable = pending.target_spec_hash.as_deref() != Some(input.spec_hash)
+            && d.status.last_stable_spec.is_some();
+        d.actions.push(Action::StartAttempt(AttemptPlan {
+            attempt,
+            restore,
+            last_stable,
+        }));
         d.status.pending_change = Some(pending);
     }
 }
@@ -672,7 +714,12 @@ fn steady(input: &Input<'_>, d: &mut Decision) {
         return;
     }
 
-    let hash_changed = d.status.running_spec_hash.as_deref() != Some(input.spec_hash);
+    let rolled_back = d.status.rolled_back_spec_hash.as_deref() == Some(input.spec_hash);
+    if !rolled_back {
+        d.status.rolled_back_spec_hash = None;
+    }
+    let hash_changed =
+        d.status.running_spec_hash.as_deref() != Some(input.spec_hash) && !rolled_back;
     let restart_requested =
         spec.restart_nonce.is_some() && spec.restart_nonce != d.status.handled_nonces.restart;
     if matches!(phase, Some(JobPhase::Failed) | Some(JobPhase::Finished)) {
@@ -692,6 +739,26 @@ fn steady(input: &Input<'_>, d: &mut Decision) {
             begin(input, d, kind, step::STOPPING, from);
         }
         return;
+    }
+
+    if let Some(since) = d.status.unproven_since.as_ref().map(time_ms) {
+        let stable = stable_spec_hash(&d.status);
+        let limit = input.limits.rollback;
+        if let (Some(limit), Some(stable)) = (limit, stable) {
+            let running_unproven = d.status.running_spec_hash.as_deref() != Some(stable.as_str());
+            if running_unproven && input.now_ms.saturating_sub(since) > limit.as_millis() as u64 {
+                let message = format!(
+                    "generation {} did not reach Running within {limit:?}; rolling back to the last stable spec (fix the spec to try again)",
+                    input.generation
+                );
+                d.note(true, "RollingBack", message.clone());
+                d.status.message = Some(message);
+                d.status.rolled_back_spec_hash = Some(input.spec_hash.to_string());
+                d.status.unproven_since = None;
+                d.status.consecutive_failures = 0;
+                return begin(input, d, kind::ROLLBACK, step::STOPPING, None);
+            }
+        }
     }
 
     // Health of the current attempt.
@@ -770,7 +837,16 @@ fn steady(input: &Input<'_>, d: &mut Decision) {
     if running {
         if d.status.phase != Some(JobPhase::Running) {
             d.status.phase = Some(JobPhase::Running);
-            d.status.last_stable_spec = serde_json::to_string(spec).ok();
+            d.status.unproven_since = None;
+            if !rolled_back {
+                d.status.last_stable_spec = serde_json::to_string(spec).ok();
+            } else {
+                d.note(
+                    true,
+                    "RolledBack",
+                    "running the last stable spec; the rolled-back spec is not tried again until it changes",
+                );
+            }
             d.note(
                 false,
                 "Running",
@@ -785,7 +861,14 @@ fn steady(input: &Input<'_>, d: &mut Decision) {
                 ),
             );
         }
-        d.status.message = Some(format!("attempt {attempt_no} running"));
+        d.status.message = Some(if rolled_back {
+            format!(
+                "attempt {attempt_no} runs the last stable spec: the upgrade to generation {} was rolled back because it did not reach Running; change the spec to try again",
+                input.generation
+            )
+        } else {
+            format!("attempt {attempt_no} running")
+        });
         if spec.savepoint_trigger_nonce.is_some()
             && spec.savepoint_trigger_nonce != d.status.handled_nonces.savepoint
         {
@@ -1019,6 +1102,7 @@ fn set_conditions(input: &Input<'_>, d: &mut Decision) {
             kind::SUSPEND => "Suspending",
             kind::RESUME => "Resuming",
             kind::RESTART => "Restarting",
+            kind::ROLLBACK => "RollingBack",
             _ => "Deleting",
         }),
         &progressing

@@ -689,3 +689,103 @@ fn a_pod_that_never_starts_fails_the_attempt_after_the_start_limit() {
     c.pods[0].created_ms = Some(NOW - 1_000);
     assert!(c.decide().status.last_failure.is_none());
 }
+
+#[test]
+fn an_upgrade_that_never_runs_is_rolled_back_to_the_last_stable_spec() {
+    // Attempt 1 ran the stable spec; the upgrade to parallelism 3 is attempt 2,
+    // which has crash-looped since `unproven_since`.
+    let stable = spec();
+    let stable_hash = crate::hash::pod_spec_hash(&stable);
+    let mut c = Case::running(2);
+    c.spec.parallelism = 3;
+    c.rehash();
+    c.status.running_spec_hash = Some(c.hash.clone());
+    c.status.last_stable_spec = Some(serde_json::to_string(&stable).unwrap());
+    c.status.phase = Some(JobPhase::Deploying);
+    c.status.unproven_since = Some(ms_time(NOW - 301_000));
+    c.pods = vec![pod(2, PodPhase::Pending)];
+    c.report = None;
+    let d = c.decide();
+    assert!(reasons(&d).contains(&"RollingBack"));
+    let pending = d.status.pending_change.as_ref().unwrap();
+    assert_eq!(pending.kind, kind::ROLLBACK);
+    assert_eq!(
+        pending.target_spec_hash.as_deref(),
+        Some(stable_hash.as_str())
+    );
+    assert_eq!(
+        d.status.rolled_back_spec_hash.as_deref(),
+        Some(c.hash.as_str())
+    );
+    assert_eq!(d.status.phase, Some(JobPhase::Upgrading));
+
+    c.status = d.status;
+    c.pods.clear();
+    let d = c.decide();
+    let plan = starts(&d).expect("a new attempt of the stable spec");
+    assert!(plan.last_stable);
+    assert_eq!(plan.attempt, 3);
+    assert_eq!(d.status.parallelism, Some(stable.parallelism));
+    assert_eq!(
+        d.status.running_spec_hash.as_deref(),
+        Some(stable_hash.as_str())
+    );
+
+    // It runs: no new upgrade to the rolled-back spec, the stable spec stays the stable one.
+    c.status = d.status;
+    c.status.pending_change = None;
+    c.pods = vec![pod(3, PodPhase::Running)];
+    c.report = Some(report(3, WorkerState::Running));
+    let d = c.decide();
+    assert_eq!(d.status.phase, Some(JobPhase::Running));
+    assert!(d.status.pending_change.is_none());
+    assert!(reasons(&d).contains(&"RolledBack"));
+    assert_eq!(
+        stable_spec(&d.status).unwrap().parallelism,
+        stable.parallelism
+    );
+    assert!(d.status.message.as_ref().unwrap().contains("rolled back"));
+
+    // A failure now restarts the stable spec, not the rolled-back one.
+    c.status = d.status;
+    c.pods = vec![pod(3, PodPhase::Failed)];
+    let d = c.decide();
+    let pending = d.status.pending_change.as_ref().unwrap();
+    assert_eq!(
+        pending.target_spec_hash.as_deref(),
+        Some(stable_hash.as_str())
+    );
+
+    // A new spec is an upgrade again.
+    c.status.pending_change = None;
+    c.pods = vec![pod(3, PodPhase::Running)];
+    c.spec.parallelism = 4;
+    c.rehash();
+    let d = c.decide();
+    assert_eq!(
+        d.status.pending_change.as_ref().unwrap().kind,
+        kind::UPGRADE
+    );
+    assert!(d.status.rolled_back_spec_hash.is_none());
+    assert!(d.status.unproven_since.is_some());
+}
+
+#[test]
+fn periodic_savepoints_follow_the_interval_from_the_last_one() {
+    let mut c = Case::running(1);
+    c.spec.savepoint.periodic_interval = Some("1h".into());
+    let mut index = index_with(None, 1);
+    index.savepoints = vec![savepoint(1, 5, NOW - 3_500_000)];
+    c.index = Some(index.clone());
+    assert!(c.decide().actions.is_empty());
+    index.savepoints = vec![savepoint(1, 5, NOW - 3_700_000)];
+    c.index = Some(index);
+    assert_eq!(
+        c.decide().actions,
+        vec![Action::Savepoint {
+            stop: false,
+            reason: "schedule",
+            nonce: None
+        }]
+    );
+}

@@ -284,6 +284,21 @@ async fn apply_attempt(
     plan: &crate::build::AttemptPlan,
     token: &str,
 ) -> Result<(), ReconcileError> {
+    let stable;
+    let job = if plan.last_stable {
+        let mut rolled_back = job.clone();
+        rolled_back.spec = job
+            .status
+            .as_ref()
+            .and_then(crate::decide::stable_spec)
+            .ok_or(BuildError::Render(
+                "status.lastStableSpec is missing or unreadable; cannot roll back".into(),
+            ))?;
+        stable = rolled_back;
+        &stable
+    } else {
+        job
+    };
     let objects = build(job, plan, token)?;
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let client = ctx.client.clone();

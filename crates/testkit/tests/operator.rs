@@ -726,3 +726,54 @@ async fn two_operators_elect_one_leader_and_fail_over() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_upgrade_that_never_becomes_ready_is_rolled_back() {
+    install_crypto_provider();
+    let tc = TestCluster::new("op-rollback").await.unwrap();
+    let _logs = LogsOnFailure(&tc);
+    create_credentials(&tc).await;
+    let _operator = OperatorProcess::start(&tc, "a", &["--rollback-timeout", "6s"]);
+    let output = out_dir(&tc, "output");
+    create_job(&tc, &job_manifest(&tc, "rb", 0, 5_000, &output)).await;
+    wait_job(&tc, "rb", "Running", |j| running_attempt(j, 1)).await;
+
+    // A bad image tag: the upgraded pods never start.
+    patch_spec(&tc, "rb", json!({"image": "test/no-such-image:1"})).await;
+    let job = wait_job(&tc, "rb", "rolled back and Running", |j| {
+        running_attempt(j, 3)
+            && j.status
+                .as_ref()
+                .is_some_and(|s| s.rolled_back_spec_hash.is_some())
+    })
+    .await;
+    let rolled_back_attempt = attempt(&job);
+    let status = job.status.unwrap();
+    assert!(status.message.unwrap().contains("rolled back"));
+    assert!(status.pending_change.is_none());
+    let pod = worker_pod(&tc, "rb").await.unwrap();
+    assert_eq!(
+        pod.spec.unwrap().containers[0].image.as_deref(),
+        Some("streamjob/streamjob:dev"),
+        "the rolled-back attempt runs the last stable spec"
+    );
+    let upgrade_savepoint = status
+        .savepoints
+        .iter()
+        .find(|s| s.reason.as_deref() == Some("upgrade"));
+    assert!(
+        upgrade_savepoint.is_some(),
+        "the upgrade took its savepoint first"
+    );
+    let evs = events(&tc, "rb").await;
+    assert!(has_event(&evs, "Warning", "RollingBack"));
+    // The spec still says the bad image, and the operator does not retry it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let job = tc.api::<StreamJob>().get("rb").await.unwrap();
+    assert_eq!(job.spec.image, "test/no-such-image:1");
+    assert_eq!(
+        attempt(&job),
+        rolled_back_attempt,
+        "no new attempt of the rolled-back spec"
+    );
+}

@@ -79,6 +79,15 @@ pub struct StreamJobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_stable_spec: Option<String>,
 
+    /// When the running spec was deployed by an upgrade that has not reached Running yet; an
+    /// upgrade unproven for longer than the operator's rollback deadline is rolled back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unproven_since: Option<Time>,
+
+    /// Hash of a spec whose upgrade was rolled back: it is not tried again until the spec changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_spec_hash: Option<String>,
+
     /// Trigger nonces already acted upon.
     #[serde(default)]
     pub handled_nonces: HandledNonces,
@@ -158,7 +167,7 @@ pub struct FailureInfo {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PendingChange {
-    /// What kind of change: `upgrade`, `suspend`, `restart`, `delete`, `rollback`.
+    /// What kind of change: `deploy`, `upgrade`, `suspend`, `resume`, `restart`, `rollback`, `delete`.
     pub kind: String,
     /// Current step: `snapshot` (waiting for the savepoint), `stopping`, `starting`.
     pub step: String,
