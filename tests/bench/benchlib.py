@@ -145,9 +145,12 @@ def run_streamjob(binary, query, events, parallelism, checkpoint_ms, stats_json,
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run_flink(query, events, parallelism, checkpoint_ms, backend, output=None):
-    """One run of the Flink peer (local MiniCluster in one JVM)."""
+def run_flink(query, events, parallelism, checkpoint_ms, backend, output=None, file_sink=False):
+    """One run of the Flink peer (local MiniCluster in one JVM). Results go to a discarding sink,
+    or to `output` (kept), or with file_sink to line files in a temporary folder (deleted)."""
     work = pathlib.Path(tempfile.mkdtemp(prefix="bench-flink-"))
+    if file_sink and not output:
+        output = work / "out"
     try:
         cmd = ["bash", str(FLINK_RUN), "--query", query, "--events", str(events),
                "--parallelism", str(parallelism), "--state-backend", backend,

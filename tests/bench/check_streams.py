@@ -38,7 +38,7 @@ def diff(name, ours, theirs, label_a, label_b):
     return False
 
 
-def check(events=1000, binary=None):
+def check(events=5000, binary=None):
     """Returns (ok, summary line)."""
     benchlib.build_flink()
     printed = subprocess.run(["bash", str(benchlib.FLINK_RUN), "--print-events", str(events)],
@@ -88,7 +88,7 @@ def check(events=1000, binary=None):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--events", type=int, default=1000)
+    ap.add_argument("--events", type=int, default=5000)
     ap.add_argument("--bin", help="streamjob release binary (default: looked up, never built)")
     args = ap.parse_args()
     ok, summary = check(args.events, args.bin)
