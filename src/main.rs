@@ -58,6 +58,28 @@ enum Command {
         /// Snapshot storage override (folder or URL).
         #[arg(long, env = "STREAMJOB_CHECKPOINT_DIR")]
         checkpoint_dir: Option<String>,
+        /// This worker's index among the job's workers (0 hosts the job coordinator).
+        #[arg(long, env = "STREAMJOB_WORKER_INDEX", default_value_t = 0)]
+        worker_index: u32,
+        /// Number of workers of the job attempt (subtasks are split among them).
+        #[arg(long, env = "STREAMJOB_WORKERS", default_value_t = 1)]
+        workers: u32,
+        /// Address of the exchange port (records and control between workers).
+        #[arg(
+            long,
+            env = "STREAMJOB_EXCHANGE_LISTEN",
+            default_value = "0.0.0.0:6124"
+        )]
+        exchange_listen: std::net::SocketAddr,
+        /// `host:port` other workers use to reach this one (default: $POD_IP and the exchange port).
+        #[arg(long, env = "STREAMJOB_EXCHANGE_ADVERTISE")]
+        exchange_advertise: Option<String>,
+        /// Worker 0's exchange address (`host:port`); required for workers 1..N.
+        #[arg(long, env = "STREAMJOB_COORDINATOR")]
+        coordinator: Option<String>,
+        /// Seconds to wait for every worker of the attempt to join.
+        #[arg(long, env = "STREAMJOB_FORM_TIMEOUT_SECONDS", default_value_t = 120)]
+        form_timeout_seconds: u64,
     },
     /// Run the StreamJob controller (in a pod, or anywhere with a KUBECONFIG).
     Operator {
@@ -154,7 +176,30 @@ fn main() -> anyhow::Result<()> {
             restore,
             listen,
             checkpoint_dir,
+            worker_index,
+            workers,
+            exchange_listen,
+            exchange_advertise,
+            coordinator,
+            form_timeout_seconds,
         } => {
+            let cluster = (workers > 1).then(|| {
+                let advertise = exchange_advertise.unwrap_or_else(|| {
+                    let host = std::env::var("POD_IP")
+                        .ok()
+                        .filter(|ip| !ip.is_empty())
+                        .unwrap_or_else(|| exchange_listen.ip().to_string());
+                    format!("{host}:{}", exchange_listen.port())
+                });
+                streamjob_worker::worker_mode::ClusterOptions {
+                    worker: worker_index,
+                    workers,
+                    listen: exchange_listen,
+                    advertise,
+                    coordinator,
+                    form_timeout: std::time::Duration::from_secs(form_timeout_seconds),
+                }
+            });
             let options = streamjob_worker::worker_mode::WorkerOptions {
                 job: streamjob_worker::local::LocalOptions {
                     manifest: job_file,
@@ -167,6 +212,7 @@ fn main() -> anyhow::Result<()> {
                 token: std::env::var("STREAMJOB_CONTROL_TOKEN")
                     .ok()
                     .filter(|t| !t.is_empty()),
+                cluster,
             };
             match streamjob_worker::worker_mode::run_worker(options)? {
                 streamjob_worker::worker_mode::WorkerExit::Done => {}

@@ -3,12 +3,14 @@
 
 use std::ops::Range;
 
+use serde::{Deserialize, Serialize};
+
 use streamjob_checkpoint::manifest::FileRef;
 
 use crate::types::{Barrier, SnapshotType};
 
 /// Identifies one subtask of one vertex of the job graph.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct TaskId {
     /// Vertex index in the job graph (topological order).
     pub vertex: u32,
@@ -23,7 +25,7 @@ impl std::fmt::Display for TaskId {
 }
 
 /// Coordinator -> task.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum TaskControl {
     /// Sources only: inject this barrier now.
     TriggerBarrier(Barrier),
@@ -36,7 +38,7 @@ pub enum TaskControl {
 }
 
 /// A task's part of a checkpoint: the files it uploaded, by operator.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskAck {
     /// Checkpoint id.
     pub checkpoint_id: u64,
@@ -78,4 +80,33 @@ pub struct SnapshotRequest {
     pub kind: SnapshotType,
     /// Where to send the result.
     pub reply: crossbeam_channel::Sender<Result<crate::coordinator::CompletedSnapshot, String>>,
+}
+
+/// Where the coordinator sends one task's control messages: the task's channel in this process, or
+/// the control link to the worker process that runs it.
+#[derive(Clone)]
+pub enum ControlSender {
+    /// A task of this process.
+    Local(crossbeam_channel::Sender<TaskControl>),
+    /// A task of another worker; the function queues the message on that worker's link.
+    Remote(std::sync::Arc<dyn Fn(TaskControl) -> bool + Send + Sync>),
+}
+
+impl ControlSender {
+    /// Send; false when the task (or its worker) is gone.
+    pub fn send(&self, message: TaskControl) -> bool {
+        match self {
+            ControlSender::Local(tx) => tx.send(message).is_ok(),
+            ControlSender::Remote(send) => send(message),
+        }
+    }
+}
+
+impl std::fmt::Debug for ControlSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ControlSender::Local(_) => f.write_str("ControlSender::Local"),
+            ControlSender::Remote(_) => f.write_str("ControlSender::Remote"),
+        }
+    }
 }

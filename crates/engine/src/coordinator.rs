@@ -18,7 +18,9 @@ use streamjob_checkpoint::manifest::{Manifest, OperatorState, SnapshotKind, Subt
 use streamjob_checkpoint::store::SnapshotStore;
 
 use crate::config::CheckpointConfig;
-use crate::control::{CoordinatorEvent, SnapshotRequest, TaskAck, TaskControl, TaskId};
+use crate::control::{
+    ControlSender, CoordinatorEvent, SnapshotRequest, TaskAck, TaskControl, TaskId,
+};
 use crate::types::{Barrier, SnapshotType};
 
 /// Why an attempt ended badly, as seen by the coordinator.
@@ -42,10 +44,13 @@ pub enum CoordinatorError {
     /// The job was cancelled from outside.
     #[error("job cancelled")]
     Cancelled,
+    /// This worker runs part of the attempt and the coordinator (worker 0) ended it, or is gone.
+    #[error("the job coordinator on worker 0 ended the attempt: {0}")]
+    Coordinator(String),
 }
 
 /// A completed snapshot, as reported to status and progress.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CompletedSnapshot {
     /// Checkpoint id.
     pub id: u64,
@@ -287,7 +292,7 @@ pub struct CoordinatorSetup {
     /// Source tasks (they receive triggers).
     pub sources: Vec<TaskId>,
     /// Control channel of each task.
-    pub controls: Vec<(TaskId, Sender<TaskControl>)>,
+    pub controls: Vec<(TaskId, ControlSender)>,
     /// Snapshot storage (job root).
     pub store: Arc<dyn SnapshotStore>,
     /// Runtime for storage I/O.
@@ -297,7 +302,7 @@ pub struct CoordinatorSetup {
 }
 
 /// How the attempt ended, from the coordinator's point of view.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum AttemptEnd {
     /// Bounded input fully processed and committed.
     Finished,

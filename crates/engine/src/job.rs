@@ -2,6 +2,7 @@
 //! coordinator and one thread per subtask, and reports how the attempt ended. A task that fails or
 //! panics fails the attempt; the caller (local mode, or the operator for worker pods) restarts it.
 
+use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -11,7 +12,7 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 use streamjob_checkpoint::manifest::Manifest;
 use streamjob_checkpoint::store::SnapshotStore;
 
-use crate::control::{CoordinatorEvent, SnapshotRequest, TaskId};
+use crate::control::{ControlSender, CoordinatorEvent, SnapshotRequest, TaskId};
 use crate::coordinator::{
     run_coordinator, AttemptEnd, CompletedSnapshot, CoordinatorError, CoordinatorSetup, JobProgress,
 };
@@ -34,6 +35,9 @@ pub enum JobError {
     /// A thread could not be started.
     #[error("failed to start a task thread: {0}")]
     Spawn(std::io::Error),
+    /// This worker's part of a multi-worker attempt could not start.
+    #[error("cannot run this worker's part of the attempt: {0}")]
+    Cluster(String),
 }
 
 /// What an attempt starts from.
@@ -194,9 +198,24 @@ pub fn start(
         runtime: runtime.clone(),
         attempt: spec.attempt,
     };
+    // Which subtasks run in this process: all of them, or this worker's block of a cluster.
+    let placement = match &graph.cluster {
+        Some(cluster) => Some((
+            cluster.clone(),
+            cluster.placement(p).map_err(JobError::Cluster)?,
+        )),
+        None => None,
+    };
+    let worker_of = |subtask: u32| {
+        placement
+            .as_ref()
+            .map_or(0, |(_, pl)| pl.worker_of(subtask))
+    };
+    let this_worker = placement.as_ref().map_or(0, |(c, _)| c.worker());
 
-    let mut tasks = Vec::new();
     let mut controls = Vec::new();
+    let mut local_controls = HashMap::new();
+    let mut remote_tasks = Vec::new();
     let mut all = Vec::new();
     let mut sources = Vec::new();
     let mut metrics = Vec::new();
@@ -207,6 +226,16 @@ pub fn start(
                 vertex: v as u32,
                 subtask: s as u32,
             };
+            all.push(id);
+            if vertex.is_source {
+                sources.push(id);
+            }
+            let worker = worker_of(s as u32);
+            if worker != this_worker {
+                // Runs on another worker: the coordinator reaches it over that worker's link.
+                remote_tasks.push((id, worker));
+                continue;
+            }
             let (control_tx, control_rx) = unbounded();
             let key_groups = key_group_range(s as u32, config.max_parallelism, p);
             let task_metrics = Arc::new(TaskMetrics::default());
@@ -233,35 +262,64 @@ pub fn start(
                 batch_size: config.batch_size,
                 metrics: Arc::clone(&task_metrics),
             };
-            controls.push((id, control_tx));
-            all.push(id);
-            if vertex.is_source {
-                sources.push(id);
-            }
+            controls.push((id, ControlSender::Local(control_tx.clone())));
+            local_controls.insert(id, control_tx);
             metrics.push((id, vertex.is_source, task_metrics));
             envs.push((format!("{}#{}", vertex.name, s), body, env));
         }
     }
 
-    let setup = CoordinatorSetup {
-        job_name: config.name.clone(),
-        attempt: spec.attempt,
-        first_checkpoint_id,
-        parallelism: p,
-        max_parallelism: config.max_parallelism,
-        config: config.checkpoints.clone(),
-        tasks: all,
-        sources,
-        controls,
-        store: Arc::clone(&spec.store),
-        runtime: runtime.clone(),
-        progress: Arc::clone(&progress),
+    let coordinator = match placement {
+        // Another worker's part: the coordinator on worker 0 drives it over the control link.
+        Some((cluster, _)) if !cluster.is_coordinator() => {
+            let ended = cluster
+                .start_member_links(local_controls, events_rx, Arc::clone(&graph.cancelled))
+                .map_err(|e| JobError::Cluster(e.to_string()))?;
+            let cancelled = Arc::clone(&graph.cancelled);
+            std::thread::Builder::new()
+                .name("coordinator-link".into())
+                .spawn(move || wait_for_coordinator(&ended, &cancelled))
+                .map_err(JobError::Spawn)?
+        }
+        placement => {
+            let links = match &placement {
+                Some((cluster, _)) => {
+                    let (remote, links) = cluster
+                        .start_coordinator_links(&remote_tasks, &events_tx)
+                        .map_err(|e| JobError::Cluster(e.to_string()))?;
+                    controls.extend(remote);
+                    Some(links)
+                }
+                None => None,
+            };
+            let setup = CoordinatorSetup {
+                job_name: config.name.clone(),
+                attempt: spec.attempt,
+                first_checkpoint_id,
+                parallelism: p,
+                max_parallelism: config.max_parallelism,
+                config: config.checkpoints.clone(),
+                tasks: all,
+                sources,
+                controls,
+                store: Arc::clone(&spec.store),
+                runtime: runtime.clone(),
+                progress: Arc::clone(&progress),
+            };
+            std::thread::Builder::new()
+                .name("coordinator".into())
+                .spawn(move || {
+                    let result = run_coordinator(setup, events_rx);
+                    if let Some(links) = links {
+                        links.end_attempt(&result);
+                    }
+                    result
+                })
+                .map_err(JobError::Spawn)?
+        }
     };
-    let coordinator = std::thread::Builder::new()
-        .name("coordinator".into())
-        .spawn(move || run_coordinator(setup, events_rx))
-        .map_err(JobError::Spawn)?;
 
+    let mut tasks = Vec::new();
     for (name, body, env) in envs {
         let events = env.events.clone();
         let id = env.id;
@@ -300,6 +358,30 @@ pub fn start(
         coordinator,
         tasks,
     })
+}
+
+/// A worker other than 0: the attempt ends when the coordinator says so, when the link breaks, or
+/// when this worker is cancelled.
+fn wait_for_coordinator(
+    ended: &Receiver<Result<AttemptEnd, String>>,
+    cancelled: &std::sync::atomic::AtomicBool,
+) -> Result<AttemptEnd, CoordinatorError> {
+    loop {
+        match ended.recv_timeout(std::time::Duration::from_millis(100)) {
+            Ok(Ok(end)) => return Ok(end),
+            Ok(Err(reason)) => return Err(CoordinatorError::Coordinator(reason)),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                return Err(CoordinatorError::Coordinator(
+                    "the control link ended without an outcome".into(),
+                ))
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                if cancelled.load(Ordering::Relaxed) {
+                    return Err(CoordinatorError::Cancelled);
+                }
+            }
+        }
+    }
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

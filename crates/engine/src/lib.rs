@@ -20,6 +20,7 @@
 //!    commit then.
 
 pub mod alignment;
+pub mod cluster;
 pub mod config;
 pub mod connectors;
 pub mod control;

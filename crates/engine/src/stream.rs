@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
+use crate::cluster::{ChannelKey, ClusterNode};
 use crate::config::JobConfig;
 use crate::operator::StreamOperator;
 use crate::operators::basic::{BoundedOutOfOrderness, Filter, FlatMap, Map};
@@ -39,6 +40,7 @@ pub struct JobGraph {
     pub(crate) vertices: Vec<Vertex>,
     pub(crate) operator_ids: BTreeSet<String>,
     pub(crate) cancelled: Arc<AtomicBool>,
+    pub(crate) cluster: Option<ClusterNode>,
 }
 
 impl JobGraph {
@@ -56,6 +58,7 @@ impl JobGraph {
 struct GraphState {
     vertices: Vec<Vertex>,
     operator_ids: BTreeSet<String>,
+    exchanges: u32,
 }
 
 /// Builds a job graph (Flink `StreamExecutionEnvironment`).
@@ -64,16 +67,28 @@ pub struct StreamEnv {
     config: Rc<JobConfig>,
     graph: Rc<RefCell<GraphState>>,
     cancelled: Arc<AtomicBool>,
+    cluster: Option<ClusterNode>,
 }
 
 impl StreamEnv {
-    /// An environment for a job with this configuration.
+    /// An environment for a job with this configuration, run by one process.
     pub fn new(config: JobConfig) -> Self {
         Self {
             config: Rc::new(config),
             graph: Rc::new(RefCell::new(GraphState::default())),
             cancelled: Arc::new(AtomicBool::new(false)),
+            cluster: None,
         }
+    }
+
+    /// An environment for this worker's part of a multi-worker attempt: the graph is the whole job
+    /// (every worker builds the same one); channels to subtasks of other workers cross the network
+    /// and only this worker's subtasks run here. Fails when the layout is impossible.
+    pub fn distributed(config: JobConfig, cluster: ClusterNode) -> Result<Self, String> {
+        cluster.placement(config.parallelism)?;
+        let mut env = Self::new(config);
+        env.cluster = Some(cluster);
+        Ok(env)
     }
 
     /// The job configuration.
@@ -141,6 +156,7 @@ impl StreamEnv {
             vertices: state.vertices,
             operator_ids: state.operator_ids,
             cancelled: self.cancelled,
+            cluster: self.cluster,
         }
     }
 }
@@ -223,14 +239,28 @@ impl<T: Data> DataStream<T> {
             (0..p).map(|_| Vec::with_capacity(p)).collect();
         let mut receivers: Vec<Vec<Receiver<Message<T>>>> =
             (0..p).map(|_| Vec::with_capacity(p)).collect();
-        for up_senders in senders.iter_mut() {
-            for down_receivers in receivers.iter_mut() {
+        let exchange = {
+            let mut graph = env.graph.borrow_mut();
+            graph.exchanges += 1;
+            graph.exchanges - 1
+        };
+        let cancelled = Arc::clone(&env.cancelled);
+        for (up, up_senders) in senders.iter_mut().enumerate() {
+            for (down, down_receivers) in receivers.iter_mut().enumerate() {
                 let (tx, rx) = bounded(capacity);
+                let key = ChannelKey {
+                    exchange,
+                    up: up as u32,
+                    down: down as u32,
+                };
+                let (tx, rx) = match &env.cluster {
+                    Some(cluster) => cluster.bridge(key, p as u32, tx, rx, &cancelled),
+                    None => (tx, rx),
+                };
                 up_senders.push(tx);
                 down_receivers.push(rx);
             }
         }
-        let cancelled = Arc::clone(&env.cancelled);
         (self.close)(Box::new(move |s| {
             let channels = std::mem::take(&mut senders[s as usize]);
             Box::new(ExchangeOut::new(

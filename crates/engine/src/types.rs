@@ -39,7 +39,7 @@ impl SnapshotType {
 }
 
 /// A checkpoint barrier: separates the records before checkpoint `id` from those after it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Barrier {
     /// Checkpoint id (monotonic within a job, continues across attempts).
     pub id: u64,
@@ -50,7 +50,7 @@ pub struct Barrier {
 }
 
 /// How a stream ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub enum EndOfStream {
     /// The input is exhausted (bounded source): windows fire, then tasks finish.
     Drained,
@@ -58,8 +58,8 @@ pub enum EndOfStream {
     Stopped,
 }
 
-/// What flows on a channel between two subtasks.
-#[derive(Debug, Clone)]
+/// What flows on a channel between two subtasks (and, encoded, between worker processes).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub enum Message<T> {
     /// A batch of records (never empty).
     Data(Vec<T>),

@@ -81,6 +81,10 @@ pub struct StatusReport {
     pub job: String,
     /// Attempt number.
     pub attempt: u64,
+    /// This worker's index (0 hosts the job coordinator).
+    pub worker: u32,
+    /// Workers of the attempt.
+    pub workers: u32,
     /// State.
     pub state: RunState,
     /// Snapshot restored by this attempt.
@@ -99,10 +103,12 @@ pub struct StatusReport {
 pub struct ControlState {
     /// Job name.
     pub job: String,
-    /// Attempt.
-    pub attempt: u64,
+    /// Attempt (known once the attempt is recorded or joined).
+    pub attempt: std::sync::atomic::AtomicU64,
+    /// This worker's index and the number of workers.
+    pub worker: (u32, u32),
     /// Restored snapshot.
-    pub restored_from: Option<String>,
+    pub restored_from: Mutex<Option<String>>,
     /// Token for mutating calls (`None`: mutating calls are refused).
     pub token: Option<String>,
     /// How long a snapshot request may take before the call gives up.
@@ -126,9 +132,11 @@ impl ControlState {
         };
         StatusReport {
             job: self.job.clone(),
-            attempt: self.attempt,
+            attempt: self.attempt.load(std::sync::atomic::Ordering::Relaxed),
+            worker: self.worker.0,
+            workers: self.worker.1,
             state: self.state.lock().map(|s| *s).unwrap_or(RunState::Failed),
-            restored_from: self.restored_from.clone(),
+            restored_from: self.restored_from.lock().ok().and_then(|r| r.clone()),
             last_checkpoint: progress
                 .as_ref()
                 .and_then(|p| p.last_checkpoint.as_ref().map(SnapshotReport::from)),

@@ -2,14 +2,20 @@
 //! snapshot to restore and passes them in; the worker records the attempt (fencing older ones), runs
 //! the job with its periodic checkpoints, serves the control API, and exits: 0 when the job finished
 //! or stopped with a savepoint, non-zero when the attempt failed (the operator starts a new one).
+//!
+//! A job can run on several workers (`--workers N`): worker 0 records the attempt, chooses the
+//! snapshot and hosts the job coordinator; workers 1..N join it at `--coordinator`, learn the attempt
+//! and the snapshot from it, and exchange records with every other worker over TCP. One worker that
+//! fails or disappears fails the attempt on all of them.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use streamjob_checkpoint::catalog::VerifyLevel;
 use streamjob_checkpoint::url::{open_store, S3Options};
+use streamjob_engine::cluster::{ClusterBinding, ClusterError, ClusterSpec};
 use streamjob_engine::coordinator::AttemptEnd;
 use streamjob_engine::job::{self, AttemptSpec};
 use streamjob_engine::runner::{begin_attempt, RestoreChoice};
@@ -43,6 +49,26 @@ pub enum WorkerError {
     /// Storage could not be opened.
     #[error("cannot open snapshot storage {url}: {reason}")]
     Storage { url: String, reason: String },
+    /// The workers of the attempt could not form.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+}
+
+/// This worker's place among the workers of a multi-worker attempt.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// This worker's index (0 hosts the job coordinator).
+    pub worker: u32,
+    /// Workers of the attempt.
+    pub workers: u32,
+    /// Address of the exchange port (data channels, control links).
+    pub listen: SocketAddr,
+    /// `host:port` other workers use to reach this one.
+    pub advertise: String,
+    /// Worker 0's exchange address (`host:port`), for workers 1..N.
+    pub coordinator: Option<String>,
+    /// How long forming the attempt may take.
+    pub form_timeout: Duration,
 }
 
 /// Options of `streamjob worker`.
@@ -58,6 +84,8 @@ pub struct WorkerOptions {
     pub listen: SocketAddr,
     /// Bearer token for mutating control calls.
     pub token: Option<String>,
+    /// The worker's place in a multi-worker attempt (`None`: one worker runs every subtask).
+    pub cluster: Option<ClusterOptions>,
 }
 
 /// How the worker ended.
@@ -87,18 +115,15 @@ pub fn run_worker(options: WorkerOptions) -> Result<WorkerExit, WorkerError> {
             url: prepared.storage_url.clone(),
             reason: e.to_string(),
         })?;
-    let choice = match options.restore.as_str() {
-        "latest" | "" => RestoreChoice::Latest(VerifyLevel::Deep),
-        "none" => RestoreChoice::Empty,
-        dir => RestoreChoice::Snapshot(dir.to_string()),
-    };
-    let (attempt, restore, summary) =
-        runtime.block_on(begin_attempt(store.as_ref(), options.attempt, choice))?;
-    tracing::info!(attempt, restore = %summary, "worker attempt recorded");
+    let (worker, workers) = options
+        .cluster
+        .as_ref()
+        .map_or((0, 1), |c| (c.worker, c.workers));
     let state = Arc::new(ControlState {
         job: prepared.config.name.clone(),
-        attempt,
-        restored_from: restore.as_ref().map(|(_, l)| l.clone()),
+        attempt: AtomicU64::new(options.attempt.unwrap_or(0)),
+        worker: (worker, workers),
+        restored_from: Mutex::new(None),
         token: options.token.clone(),
         snapshot_timeout: prepared.config.checkpoints.timeout + Duration::from_secs(5),
         controller: Mutex::new(None),
@@ -107,6 +132,7 @@ pub fn run_worker(options: WorkerOptions) -> Result<WorkerExit, WorkerError> {
         final_progress: Mutex::new(None),
     });
 
+    // The control API answers health checks while the attempt forms and restores.
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(options.listen))
         .map_err(|source| WorkerError::Listen {
@@ -132,7 +158,55 @@ pub fn run_worker(options: WorkerOptions) -> Result<WorkerExit, WorkerError> {
         });
     }
 
-    let env = StreamEnv::new(prepared.config.clone());
+    // Bind the exchange port before anything slow, so the other workers can already connect.
+    let binding = match &options.cluster {
+        Some(c) if c.workers > 1 => Some(ClusterBinding::bind(ClusterSpec {
+            job: prepared.config.name.clone(),
+            worker: c.worker,
+            workers: c.workers,
+            listen: c.listen,
+            advertise: c.advertise.clone(),
+            coordinator: c.coordinator.clone(),
+            form_timeout: c.form_timeout,
+        })?),
+        _ => None,
+    };
+    let (attempt, restore, cluster) = match binding {
+        Some(binding) if worker > 0 => {
+            let (node, formed) = binding.join(options.attempt)?;
+            let summary = match &formed.restore {
+                Some((_, location)) => format!("restoring {location} (chosen by worker 0)"),
+                None => "starting with empty state (chosen by worker 0)".to_string(),
+            };
+            tracing::info!(attempt = formed.attempt, worker, restore = %summary, "joined the attempt");
+            (formed.attempt, formed.restore, Some(node))
+        }
+        binding => {
+            let choice = match options.restore.as_str() {
+                "latest" | "" => RestoreChoice::Latest(VerifyLevel::Deep),
+                "none" => RestoreChoice::Empty,
+                dir => RestoreChoice::Snapshot(dir.to_string()),
+            };
+            let (attempt, restore, summary) =
+                runtime.block_on(begin_attempt(store.as_ref(), options.attempt, choice))?;
+            tracing::info!(attempt, restore = %summary, "worker attempt recorded");
+            let node = match binding {
+                Some(b) => Some(b.form_as_coordinator(attempt, restore.clone())?),
+                None => None,
+            };
+            (attempt, restore, node)
+        }
+    };
+    state.attempt.store(attempt, Ordering::Relaxed);
+    if let Ok(mut r) = state.restored_from.lock() {
+        *r = restore.as_ref().map(|(_, l)| l.clone());
+    }
+
+    let env = match cluster {
+        Some(node) => StreamEnv::distributed(prepared.config.clone(), node)
+            .map_err(|e| WorkerError::Cluster(ClusterError::Layout(e)))?,
+        None => StreamEnv::new(prepared.config.clone()),
+    };
     jobs::build(&prepared.params, &env).map_err(LocalError::Job)?;
     let spec = AttemptSpec {
         attempt,

@@ -1,0 +1,248 @@
+//! A job attempt split over several real `streamjob worker` processes that exchange records over
+//! TCP: the committed output equals a single-process run, and a worker killed at any time (one
+//! running subtasks, or worker 0 with the coordinator) fails the whole attempt, after which a new
+//! attempt restores every worker from the latest checkpoint without loss or duplicates.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_streamjob");
+const TOKEN: &str = "test-token";
+
+fn manifest(dir: &Path, name: &str, parallelism: u32, rate: u64) -> PathBuf {
+    let path = dir.join(format!("{name}-{parallelism}.yaml"));
+    let text = format!(
+        "apiVersion: streamjob.io/v1alpha1\nkind: StreamJob\nmetadata:\n  name: {name}\nspec:\n  parallelism: {parallelism}\n  maxParallelism: 32\n  job:\n    name: windowed-count\n    params: {{events: 200000, rate: {rate}, splits: 8, window: 1s, output: {out}}}\n  checkpoint: {{interval: 150ms}}\n  storage: {{path: {snap}}}\n",
+        out = dir.join("out").display(),
+        snap = dir.join("snap").display(),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_string();
+    Some((code, body))
+}
+
+fn status(port: u16) -> Option<serde_json::Value> {
+    let (code, body) = http_get(port, "/v1/status")?;
+    (code == 200).then(|| serde_json::from_str(&body).ok())?
+}
+
+struct Worker {
+    child: Child,
+    control: u16,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `workers` processes of `attempt`; worker 0 listens on the first exchange port.
+fn start_attempt(job: &Path, workers: u32, attempt: u64, restore: &str) -> Vec<Worker> {
+    let exchange: Vec<u16> = (0..workers).map(|_| free_port()).collect();
+    (0..workers)
+        .map(|w| {
+            let control = free_port();
+            let mut cmd = Command::new(BIN);
+            cmd.args(["worker", "--job-file"])
+                .arg(job)
+                .args(["--attempt", &attempt.to_string(), "--restore", restore])
+                .args(["--listen", &format!("127.0.0.1:{control}")])
+                .args(["--worker-index", &w.to_string()])
+                .args(["--workers", &workers.to_string()])
+                .args([
+                    "--exchange-listen",
+                    &format!("127.0.0.1:{}", exchange[w as usize]),
+                ])
+                .args(["--form-timeout-seconds", "30"])
+                .env("STREAMJOB_CONTROL_TOKEN", TOKEN)
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit());
+            if w > 0 {
+                cmd.args(["--coordinator", &format!("127.0.0.1:{}", exchange[0])]);
+            }
+            Worker {
+                child: cmd.spawn().expect("start streamjob worker"),
+                control,
+            }
+        })
+        .collect()
+}
+
+fn wait_exit(worker: &mut Worker, timeout: Duration) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(code) = worker.child.try_wait().unwrap() {
+            return code;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a worker did not exit within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn output_lines(dir: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return lines;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if !path.file_name().unwrap().to_string_lossy().starts_with('.') {
+            let text = std::fs::read_to_string(path).unwrap();
+            lines.extend(text.lines().map(str::to_string));
+        }
+    }
+    lines.sort();
+    lines
+}
+
+fn reference(tmp: &Path) -> Vec<String> {
+    let dir = tmp.join("reference");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ok = Command::new(BIN)
+        .arg("run")
+        .arg(manifest(&dir, "ref", 2, 0))
+        .arg("--quiet")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let lines = output_lines(&dir.join("out"));
+    assert!(lines.len() > 100);
+    lines
+}
+
+/// The most subtasks of operator `id` found in one checkpoint of `snap`.
+fn most_subtasks_in_a_checkpoint(snap: &Path, id: &str) -> usize {
+    let mut most = 0;
+    for dir in std::fs::read_dir(snap.join("checkpoints")).unwrap() {
+        let Ok(text) = std::fs::read_to_string(dir.unwrap().path().join("_manifest.json")) else {
+            continue;
+        };
+        let manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for operator in manifest["operators"].as_array().unwrap() {
+            if operator["operatorId"] == id {
+                most = most.max(operator["subtasks"].as_array().unwrap().len());
+            }
+        }
+    }
+    most
+}
+
+#[test]
+fn three_workers_commit_exactly_the_single_process_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let expected = reference(tmp.path());
+    let dir = tmp.path().join("three");
+    std::fs::create_dir_all(&dir).unwrap();
+    let job = manifest(&dir, "three", 4, 100_000);
+
+    let mut workers = start_attempt(&job, 3, 1, "none");
+    wait_for("worker 1 to run", Duration::from_secs(30), || {
+        status(workers[1].control).is_some_and(|s| s["state"] == "running")
+    });
+    let member = status(workers[1].control).unwrap();
+    assert_eq!(
+        (member["worker"].clone(), member["workers"].clone()),
+        (1.into(), 3.into())
+    );
+    assert_eq!(member["attempt"], 1);
+    for w in workers.iter_mut() {
+        let code = wait_exit(w, Duration::from_secs(120));
+        assert!(code.success(), "a worker failed: {code:?}");
+    }
+    assert_eq!(output_lines(&dir.join("out")), expected);
+    // The 4 window subtasks (spread over 3 processes) all acknowledged into one checkpoint.
+    assert_eq!(
+        most_subtasks_in_a_checkpoint(&dir.join("snap"), "count-per-auction"),
+        4
+    );
+}
+
+#[test]
+fn a_killed_worker_fails_the_attempt_and_the_next_attempt_restores_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let expected = reference(tmp.path());
+    let dir = tmp.path().join("kill");
+    std::fs::create_dir_all(&dir).unwrap();
+    let job = manifest(&dir, "kill", 4, 50_000);
+    let out = dir.join("out");
+
+    // Attempt 1: kill worker 1 (subtasks only) after two checkpoints; worker 0 must fail.
+    let mut first = start_attempt(&job, 2, 1, "none");
+    wait_for("two checkpoints", Duration::from_secs(60), || {
+        status(first[0].control).is_some_and(|s| s["lastCheckpoint"]["id"].as_u64() >= Some(2))
+    });
+    first[1].child.kill().unwrap();
+    let code = wait_exit(&mut first[0], Duration::from_secs(30));
+    assert!(!code.success(), "worker 0 ended well after losing worker 1");
+    let after_first = output_lines(&out).len();
+    assert!(
+        after_first < expected.len(),
+        "killed too late to test anything"
+    );
+
+    // Attempt 2: kill worker 0 (the coordinator); worker 1 must fail on its own.
+    let mut second = start_attempt(&job, 2, 2, "latest");
+    wait_for("a checkpoint of attempt 2", Duration::from_secs(60), || {
+        status(second[0].control).is_some_and(|s| {
+            s["restoredFrom"]
+                .as_str()
+                .is_some_and(|r| r.contains("/checkpoints/000001-"))
+                && s["lastCheckpoint"]["attempt"] == 2
+        })
+    });
+    second[0].child.kill().unwrap();
+    let code = wait_exit(&mut second[1], Duration::from_secs(30));
+    assert!(!code.success(), "worker 1 ended well after losing worker 0");
+
+    // Attempt 3 runs to the end; the output is exactly the failure-free one.
+    let mut third = start_attempt(&job, 2, 3, "latest");
+    for w in third.iter_mut() {
+        let code = wait_exit(w, Duration::from_secs(120));
+        assert!(code.success(), "attempt 3 failed: {code:?}");
+    }
+    assert_eq!(output_lines(&out), expected);
+}
