@@ -36,11 +36,15 @@ import org.apache.flink.streaming.api.environment.StreamExecutionEnvironment;
  * <pre>
  * FlinkBench --query q0|q1|q2|q5|q7|q8 --events N [--parallelism P] [--splits S]
  *            [--checkpoint-interval off|MS] [--checkpoint-dir DIR] [--state-backend hashmap|rocksdb]
- *            [--incremental] [--out-of-orderness-ms MS] [--object-reuse true|false]
+ *            [--incremental] [--watermarks source|bounded] [--out-of-orderness-ms MS]
+ *            [--object-reuse true|false]
  *            [--output DIR] [--stats-json PATH]
  * FlinkBench --print-events N          (the first N events of the generator, one per line)
  * </pre>
  *
+ * Watermarks: {@code source} (default) is our generator's (emitted by the reader after each batch of
+ * 1024: smallest next event time over its live splits, minus one); {@code bounded} is Flink's
+ * {@code forBoundedOutOfOrderness(--out-of-orderness-ms)}, emitted every 200 ms.
  * Without {@code --output} results go to a discarding sink. Prints one JSON object with the figures
  * (also written to {@code --stats-json}): sourceRecords, runMillis (first source record to the end of
  * input at the last sink subtask), checkpoints (id, durationMs = end-to-end duration, sizeBytes = state
@@ -67,6 +71,11 @@ public final class FlinkBench {
             throw new IllegalArgumentException("--state-backend must be hashmap or rocksdb, not " + backend);
         }
         long outOfOrderness = Long.parseLong(args.getOrDefault("out-of-orderness-ms", "0"));
+        String watermarks = args.getOrDefault("watermarks", "source");
+        if (!watermarks.equals("source") && !watermarks.equals("bounded")) {
+            throw new IllegalArgumentException("--watermarks must be source or bounded, not " + watermarks);
+        }
+        boolean sourceWatermarks = watermarks.equals("source");
         String output = args.get("output");
 
         Map<String, String> settings = new HashMap<>();
@@ -91,8 +100,10 @@ public final class FlinkBench {
         StreamExecutionEnvironment env = StreamExecutionEnvironment.getExecutionEnvironment(conf);
         env.setParallelism(parallelism);
         DataStream<Event> source = env.fromSource(
-                new NexmarkSource(events, splits),
-                WatermarkStrategy.<Event>forBoundedOutOfOrderness(Duration.ofMillis(outOfOrderness)),
+                new NexmarkSource(events, splits, sourceWatermarks),
+                sourceWatermarks
+                        ? WatermarkStrategy.<Event>noWatermarks()
+                        : WatermarkStrategy.<Event>forBoundedOutOfOrderness(Duration.ofMillis(outOfOrderness)),
                 "nexmark");
         DataStream<?> results;
         switch (query) {
@@ -145,6 +156,8 @@ public final class FlinkBench {
         stats.put("checkpointInterval", interval);
         stats.put("stateBackend", backend);
         stats.put("incremental", args.containsKey("incremental"));
+        stats.put("watermarks", sourceWatermarks ? "source: min next event time over live splits - 1, per 1024 records"
+                : "bounded out-of-orderness " + outOfOrderness + " ms");
         stats.put("objectReuse", Boolean.parseBoolean(settings.get("pipeline.object-reuse")));
         stats.put("sink", output == null ? "discarding" : "lines:" + output);
         String json = new ObjectMapper().writeValueAsString(stats);

@@ -7,6 +7,7 @@ import java.util.List;
 import java.util.Map;
 import java.util.concurrent.CompletableFuture;
 
+import org.apache.flink.api.common.eventtime.Watermark;
 import org.apache.flink.api.common.typeinfo.TypeInformation;
 import org.apache.flink.api.connector.source.Boundedness;
 import org.apache.flink.api.connector.source.ReaderOutput;
@@ -26,17 +27,22 @@ import org.apache.flink.core.io.SimpleVersionedSerializer;
  * round-robin over its splits in split order, one event per {@code pollNext} (as Flink's own
  * generator sources do). Our reader restarts each batch of {@code batch_size} (1024, the JobConfig
  * default) at its first split; this one does the same, so both emit each subtask's events in the same
- * order (with 16 splits at parallelism 1 or 2 that is global index order). Each record carries its event time ({@code date_time}); watermarks come
- * from the WatermarkStrategy given to {@code fromSource}.
+ * order (with 16 splits at parallelism 1 or 2 that is global index order). Each record carries its
+ * event time ({@code date_time}). With {@code sourceWatermarks} the reader emits our watermark after
+ * each batch: the smallest next event time over its live splits, minus one (use it with
+ * {@code WatermarkStrategy.noWatermarks()}); otherwise watermarks come from the strategy given to
+ * {@code fromSource}.
  */
 public final class NexmarkSource
         implements Source<Event, GeneratorSplit, List<GeneratorSplit>>, ResultTypeQueryable<Event> {
     private final long total;
     private final int splits;
+    private final boolean sourceWatermarks;
 
-    public NexmarkSource(long total, int splits) {
+    public NexmarkSource(long total, int splits, boolean sourceWatermarks) {
         this.total = total;
         this.splits = splits;
+        this.sourceWatermarks = sourceWatermarks;
     }
 
     @Override
@@ -75,7 +81,7 @@ public final class NexmarkSource
 
     @Override
     public SourceReader<Event, GeneratorSplit> createReader(SourceReaderContext context) {
-        return new Reader(total);
+        return new Reader(total, sourceWatermarks);
     }
 
     /** Hands each registering reader its splits (k % parallelism == subtask), then no more. */
@@ -133,6 +139,7 @@ public final class NexmarkSource
         /** {@code JobConfig::batch_size} default: records per {@code SourceFunction::poll}. */
         static final int BATCH = 1024;
         private final long total;
+        private final boolean sourceWatermarks;
         private final NexmarkGenerator generator = new NexmarkGenerator();
         private int[] split = new int[0];
         private int[] splitCount = new int[0];
@@ -144,8 +151,20 @@ public final class NexmarkSource
         private long emitted;
         private CompletableFuture<Void> available = new CompletableFuture<>();
 
-        Reader(long total) {
+        Reader(long total, boolean sourceWatermarks) {
             this.total = total;
+            this.sourceWatermarks = sourceWatermarks;
+        }
+
+        /** After a batch, as SplitReader::poll: smallest next event time over live splits, minus one. */
+        private void emitWatermark(ReaderOutput<Event> output) {
+            long min = Long.MAX_VALUE;
+            for (int i = 0; i < split.length; i++) {
+                if (live(i)) {
+                    min = Math.min(min, generator.timeOf((long) split[i] + (long) splitCount[i] * next[i]));
+                }
+            }
+            if (min != Long.MAX_VALUE) output.emitWatermark(new Watermark(min - 1));
         }
 
         @Override
@@ -174,10 +193,12 @@ public final class NexmarkSource
                 if (++inBatch == BATCH) {
                     inBatch = 0;
                     cursor = 0;
+                    if (sourceWatermarks) emitWatermark(output);
                 }
                 return InputStatus.MORE_AVAILABLE;
             }
-            // A poll of ours also ends when no split is live.
+            // A poll of ours also ends when no split is live (then the end of input brings the final
+            // watermark).
             inBatch = 0;
             cursor = 0;
             if (noMoreSplits) {
