@@ -21,6 +21,8 @@ use streamjob_api::{
 
 /// Port of the worker control API.
 pub const CONTROL_PORT: i32 = 8080;
+/// Port of the exchange between the workers of a job (records, and worker 0's control links).
+pub const EXCHANGE_PORT: i32 = 6124;
 /// Where the job manifest is mounted in worker pods.
 pub const JOB_FILE_DIR: &str = "/etc/streamjob";
 /// Key of the job manifest in the ConfigMap.
@@ -48,6 +50,9 @@ pub struct AttemptPlan {
     pub restore: String,
     /// Build from `status.lastStableSpec` instead of the current spec (a rolled-back upgrade).
     pub last_stable: bool,
+    /// Pod IP of worker 0 of this attempt, once it has one. Until then only worker 0 is built; the
+    /// other workers join it at this address.
+    pub coordinator_ip: Option<String>,
 }
 
 /// All objects of one attempt.
@@ -206,14 +211,23 @@ pub fn build(
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".into()),
             selector: Some(selector.clone()),
-            ports: Some(vec![ServicePort {
-                name: Some("control".into()),
-                port: CONTROL_PORT,
-                // Server-side apply keys ports by (port, protocol): the protocol must be explicit.
-                protocol: Some("TCP".into()),
-                target_port: Some(IntOrString::Int(CONTROL_PORT)),
-                ..ServicePort::default()
-            }]),
+            // Server-side apply keys ports by (port, protocol): the protocol must be explicit.
+            ports: Some(vec![
+                ServicePort {
+                    name: Some("control".into()),
+                    port: CONTROL_PORT,
+                    protocol: Some("TCP".into()),
+                    target_port: Some(IntOrString::Int(CONTROL_PORT)),
+                    ..ServicePort::default()
+                },
+                ServicePort {
+                    name: Some("exchange".into()),
+                    port: EXCHANGE_PORT,
+                    protocol: Some("TCP".into()),
+                    target_port: Some(IntOrString::Int(EXCHANGE_PORT)),
+                    ..ServicePort::default()
+                },
+            ]),
             publish_not_ready_addresses: Some(true),
             ..ServiceSpec::default()
         }),
@@ -261,6 +275,8 @@ pub fn build(
         plan.restore.clone(),
         "--listen".into(),
         format!("$(POD_IP):{CONTROL_PORT}"),
+        "--exchange-listen".into(),
+        format!("$(POD_IP):{EXCHANGE_PORT}"),
     ];
     let (command, args) = if spec.job.entrypoint.is_empty() {
         (vec!["streamjob".to_string()], worker_args)
@@ -283,12 +299,20 @@ pub fn build(
         command: Some(command),
         args: Some(args),
         env: Some(env_vars),
-        ports: Some(vec![ContainerPort {
-            name: Some("control".into()),
-            container_port: CONTROL_PORT,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("control".into()),
+                container_port: CONTROL_PORT,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("exchange".into()),
+                container_port: EXCHANGE_PORT,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+        ]),
         readiness_probe: Some(http_probe("/readyz", 2, 3)),
         liveness_probe: Some(http_probe("/healthz", 10, 3)),
         resources: spec.resources.clone(),
@@ -395,17 +419,47 @@ pub fn build(
             pod_spec.containers = sidecars;
         }
     }
-    pod_spec.containers.insert(0, container);
+    // One pod per worker; they differ only in their index (and the coordinator address of the
+    // others). Until worker 0 has an IP, only worker 0 is built.
+    let workers = spec.effective_workers();
+    let built = if workers == 1 || plan.coordinator_ip.is_some() {
+        workers
+    } else {
+        1
+    };
+    let pods = (0..built)
+        .map(|index| {
+            let mut container = container.clone();
+            let vars = container.env.get_or_insert_with(Vec::new);
+            vars.push(env("STREAMJOB_WORKER_INDEX", index.to_string()));
+            vars.push(env("STREAMJOB_WORKERS", workers.to_string()));
+            if let (true, Some(ip)) = (index > 0, &plan.coordinator_ip) {
+                vars.push(env(
+                    "STREAMJOB_COORDINATOR",
+                    format!("{ip}:{EXCHANGE_PORT}"),
+                ));
+            }
+            let mut pod = pod_spec.clone();
+            pod.containers.insert(0, container);
+            let mut metadata = pod_meta.clone();
+            metadata.name = Some(pod_name(&name, index));
+            metadata
+                .labels
+                .get_or_insert_with(BTreeMap::new)
+                .insert(LABEL_WORKER_INDEX.into(), index.to_string());
+            Pod {
+                metadata,
+                spec: Some(pod),
+                ..Pod::default()
+            }
+        })
+        .collect();
 
     Ok(DesiredObjects {
         config_map,
         secret,
         service,
-        pods: vec![Pod {
-            metadata: pod_meta,
-            spec: Some(pod_spec),
-            ..Pod::default()
-        }],
+        pods,
     })
 }
 
@@ -429,6 +483,7 @@ mod tests {
             attempt: 3,
             restore: "checkpoints/000002-0000000041".into(),
             last_stable: false,
+            coordinator_ip: None,
         }
     }
 
@@ -556,5 +611,64 @@ mod tests {
         assert!(env
             .iter()
             .any(|e| e.name == "S3_FORCE_PATH_STYLE" && e.value.as_deref() == Some("true")));
+    }
+
+    #[test]
+    fn a_multi_worker_job_gets_worker_0_first_then_members_that_join_it() {
+        let mut job = job();
+        job.spec.parallelism = 4;
+        job.spec.workers = 3;
+        let only_first = build(&job, &plan(), "t").unwrap();
+        assert_eq!(only_first.pods.len(), 1, "members wait for worker 0's IP");
+
+        let plan = AttemptPlan {
+            coordinator_ip: Some("10.0.0.5".into()),
+            ..plan()
+        };
+        let objects = build(&job, &plan, "t").unwrap();
+        let names: Vec<_> = objects
+            .pods
+            .iter()
+            .map(|p| p.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(names, ["bids-worker-0", "bids-worker-1", "bids-worker-2"]);
+        for (index, pod) in objects.pods.iter().enumerate() {
+            let labels = pod.metadata.labels.as_ref().unwrap();
+            assert_eq!(labels[LABEL_WORKER_INDEX], index.to_string());
+            let container = &pod.spec.as_ref().unwrap().containers[0];
+            let var = |name: &str| {
+                container
+                    .env
+                    .as_ref()
+                    .unwrap()
+                    .iter()
+                    .find(|e| e.name == name)
+                    .and_then(|e| e.value.clone())
+            };
+            assert_eq!(var("STREAMJOB_WORKER_INDEX"), Some(index.to_string()));
+            assert_eq!(var("STREAMJOB_WORKERS").as_deref(), Some("3"));
+            let expected = (index > 0).then(|| format!("10.0.0.5:{EXCHANGE_PORT}"));
+            assert_eq!(var("STREAMJOB_COORDINATOR"), expected);
+            let args = container.args.as_ref().unwrap();
+            assert!(
+                args.contains(&format!("$(POD_IP):{EXCHANGE_PORT}")),
+                "{args:?}"
+            );
+        }
+        // The pods differ only in the index and the coordinator address: worker 0 is unchanged
+        // when the members are added (server-side apply of the same pod is a no-op).
+        assert_eq!(objects.pods[0], only_first.pods[0]);
+    }
+
+    #[test]
+    fn never_more_workers_than_subtasks() {
+        let mut job = job();
+        job.spec.parallelism = 2;
+        job.spec.workers = 5;
+        let plan = AttemptPlan {
+            coordinator_ip: Some("10.0.0.5".into()),
+            ..plan()
+        };
+        assert_eq!(build(&job, &plan, "t").unwrap().pods.len(), 2);
     }
 }

@@ -630,25 +630,70 @@ fn advance(input: &Input<'_>, d: &mut Decision, mut pending: PendingChange) {
     }
     if pending.step == step::STARTING {
         let attempt = current_attempt(&d.status).unwrap_or(1);
-        if !current_pods(input, Some(attempt)).is_empty() {
+        let last_stable = pending.target_spec_hash.as_deref() != Some(input.spec_hash)
+            && d.status.last_stable_spec.is_some();
+        let workers = if last_stable {
+            stable_spec(&d.status).map_or(1, |s| s.effective_workers())
+        } else {
+            input.spec.effective_workers()
+        } as usize;
+        let pods = current_pods(input, Some(attempt));
+        let coordinator = pods.iter().find(|p| p.worker == Some(0));
+        // Done once every worker's pod exists; a worker 0 that already failed or is stuck without
+        // an IP is left to the health checks of the running state (they restart the attempt).
+        let coordinator_gone = coordinator.is_some_and(|p| {
+            p.terminating || p.phase == PodPhase::Failed || p.phase == PodPhase::Succeeded
+        });
+        let stuck = coordinator.is_some_and(|p| p.ip.is_none())
+            && elapsed(input, &pending) > input.limits.start;
+        if pods.len() >= workers || coordinator_gone || stuck {
             d.status.pending_change = None;
             d.status.phase = Some(JobPhase::Deploying);
             d.status.message = Some(format!("attempt {attempt} is starting"));
             return;
         }
+        // The other workers join worker 0 at its pod IP: create them once it has one.
+        let coordinator_ip = match coordinator {
+            Some(pod) => match &pod.ip {
+                Some(ip) => Some(ip.clone()),
+                None => {
+                    d.status.message = Some(format!(
+                        "attempt {attempt}: waiting for worker 0 to get a pod IP before its {} other workers are created",
+                        workers - 1
+                    ));
+                    d.status.pending_change = Some(pending);
+                    return;
+                }
+            },
+            None => None,
+        };
         let restore = match pending.restore_from.as_deref() {
             None | Some(RESTORE_NONE) => RESTORE_NONE.to_string(),
             Some(location) => relative_dir(input.storage_url, location),
         };
-        let last_stable = pending.target_spec_hash.as_deref() != Some(input.spec_hash)
-            && d.status.last_stable_spec.is_some();
         d.actions.push(Action::StartAttempt(AttemptPlan {
             attempt,
             restore,
             last_stable,
+            coordinator_ip,
         }));
         d.status.pending_change = Some(pending);
     }
+}
+
+/// Worker pods of the running attempt, from the spec it runs: the current one, or the last stable
+/// one after a rollback; `None` when that spec is not known.
+fn running_workers(input: &Input<'_>, status: &StreamJobStatus) -> Option<usize> {
+    let workers = if status.running_spec_hash.as_deref() == Some(input.spec_hash) {
+        input.spec.effective_workers()
+    } else {
+        stable_spec(status)
+            .filter(|s| {
+                status.running_spec_hash.as_deref() == Some(crate::hash::pod_spec_hash(s).as_str())
+            })?
+            .effective_workers()
+    };
+    Some(workers as usize)
 }
 
 fn worker_starting(input: &Input<'_>, attempt: Option<u64>) -> bool {
@@ -782,6 +827,13 @@ fn steady(input: &Input<'_>, d: &mut Decision) {
     }
     if pods.is_empty() {
         let message = format!("the worker pods of attempt {attempt_no} are gone");
+        return failure(input, d, None, "PodDeleted", message);
+    }
+    if let Some(workers) = running_workers(input, &d.status).filter(|w| pods.len() < *w) {
+        let message = format!(
+            "attempt {attempt_no} runs on {workers} workers but only {} of their pods exist",
+            pods.len()
+        );
         return failure(input, d, None, "PodDeleted", message);
     }
     if let Some(report) = input.report.filter(|r| r.attempt == attempt_no) {

@@ -65,6 +65,7 @@ fn pod(attempt: u64, phase: PodPhase) -> ObservedPod {
     ObservedPod {
         name: "job-worker-0".into(),
         attempt: Some(attempt),
+        worker: Some(0),
         phase,
         ready: phase == PodPhase::Running,
         terminating: false,
@@ -788,4 +789,97 @@ fn periodic_savepoints_follow_the_interval_from_the_last_one() {
             nonce: None
         }]
     );
+}
+
+fn worker_pod(attempt: u64, worker: u32, phase: PodPhase, ip: Option<&str>) -> ObservedPod {
+    ObservedPod {
+        name: format!("job-worker-{worker}"),
+        worker: Some(worker),
+        ip: ip.map(str::to_string),
+        ..pod(attempt, phase)
+    }
+}
+
+/// A new job on 3 workers, after its first decision (attempt 1 allocated, step `starting`).
+fn starting_on_three_workers() -> Case {
+    let mut c = Case::new();
+    c.spec.parallelism = 4;
+    c.spec.workers = 3;
+    c.rehash();
+    let first = c.decide();
+    c.status = first.status;
+    c
+}
+
+#[test]
+fn a_multi_worker_attempt_creates_worker_0_first_and_the_others_once_it_has_an_ip() {
+    let mut c = Case::new();
+    c.spec.parallelism = 4;
+    c.spec.workers = 3;
+    c.rehash();
+    let first = c.decide();
+    let plan = starts(&first).expect("worker 0 is created");
+    assert_eq!(plan.coordinator_ip, None);
+
+    let mut c = starting_on_three_workers();
+    c.pods = vec![worker_pod(1, 0, PodPhase::Pending, None)];
+    let waiting = c.decide();
+    assert!(
+        starts(&waiting).is_none(),
+        "no member before worker 0 has an IP"
+    );
+    assert_eq!(
+        waiting
+            .status
+            .pending_change
+            .as_ref()
+            .map(|p| p.step.as_str()),
+        Some(step::STARTING)
+    );
+
+    c.pods = vec![worker_pod(1, 0, PodPhase::Running, Some("10.1.2.3"))];
+    let members = c.decide();
+    let plan = starts(&members).expect("the other workers are created");
+    assert_eq!(plan.coordinator_ip.as_deref(), Some("10.1.2.3"));
+    assert_eq!(plan.attempt, 1);
+
+    c.pods = (0..3)
+        .map(|w| worker_pod(1, w, PodPhase::Pending, Some("10.1.2.3")))
+        .collect();
+    let done = c.decide();
+    assert!(starts(&done).is_none());
+    assert!(done.status.pending_change.is_none());
+    assert_eq!(done.status.phase, Some(JobPhase::Deploying));
+}
+
+#[test]
+fn a_worker_0_that_fails_before_the_others_exist_is_left_to_the_restart_logic() {
+    let mut c = starting_on_three_workers();
+    c.pods = vec![worker_pod(1, 0, PodPhase::Failed, Some("10.1.2.3"))];
+    let d = c.decide();
+    assert!(starts(&d).is_none());
+    assert!(d.status.pending_change.is_none());
+    // The next look sees the failed pod of the running attempt and restarts it.
+    c.status = d.status;
+    let next = c.decide();
+    assert!(reasons(&next).contains(&"PodFailed"), "{:?}", next.events);
+}
+
+#[test]
+fn a_missing_member_pod_of_a_running_attempt_is_a_failure() {
+    let mut c = Case::running(2);
+    c.spec.parallelism = 4;
+    c.spec.workers = 2;
+    c.rehash();
+    c.status.running_spec_hash = Some(c.hash.clone());
+    c.pods = vec![worker_pod(2, 0, PodPhase::Running, Some("10.1.2.3"))];
+    let d = c.decide();
+    assert!(reasons(&d).contains(&"PodDeleted"), "{:?}", d.events);
+    assert!(d.status.restarts >= 1);
+
+    // With both pods there the job simply runs.
+    c.pods
+        .push(worker_pod(2, 1, PodPhase::Running, Some("10.1.2.4")));
+    let d = c.decide();
+    assert!(!reasons(&d).contains(&"PodDeleted"), "{:?}", d.events);
 }

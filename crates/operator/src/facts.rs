@@ -24,6 +24,8 @@ pub struct ObservedPod {
     pub name: String,
     /// Attempt label (`None`: not one of ours or the label was removed).
     pub attempt: Option<u64>,
+    /// Worker index label (0 hosts the job coordinator).
+    pub worker: Option<u32>,
     /// Phase.
     pub phase: PodPhase,
     /// Ready condition.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use streamjob_api::v1alpha1::{SnapshotInfo, StreamJobSpec};
-use streamjob_api::LABEL_ATTEMPT;
+use streamjob_api::{LABEL_ATTEMPT, LABEL_WORKER_INDEX};
 use streamjob_checkpoint::attempts::read_attempts;
 use streamjob_checkpoint::catalog::{list_snapshots, CatalogError};
 use streamjob_checkpoint::decide::{select_restore, SnapshotFacts};
@@ -70,6 +70,12 @@ pub fn pod_facts(pod: &Pod) -> ObservedPod {
             .as_ref()
             .and_then(|l| l.get(LABEL_ATTEMPT))
             .and_then(|a| a.parse().ok()),
+        worker: pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_WORKER_INDEX))
+            .and_then(|w| w.parse().ok()),
         phase,
         ready: status
             .and_then(|s| s.conditions.as_ref())

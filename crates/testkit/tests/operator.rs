@@ -777,3 +777,93 @@ async fn an_upgrade_that_never_becomes_ready_is_rolled_back() {
         "no new attempt of the rolled-back spec"
     );
 }
+
+async fn pods_of_attempt(tc: &TestCluster, job: &str, attempt: i64) -> Vec<Pod> {
+    let selector = format!("streamjob.io/job={job},streamjob.io/attempt={attempt}");
+    let mut pods = tc
+        .api::<Pod>()
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .unwrap()
+        .items;
+    pods.sort_by_key(|p| p.metadata.name.clone());
+    pods
+}
+
+#[tokio::test]
+async fn a_job_on_several_worker_pods_survives_a_killed_member_and_a_rescale_exactly_once() {
+    install_crypto_provider();
+    let tc = TestCluster::new("op-workers").await.unwrap();
+    let _logs = LogsOnFailure(&tc);
+    create_credentials(&tc).await;
+    let _operator = OperatorProcess::start(&tc, "a", &[]);
+    let output = out_dir(&tc, "output");
+    let mut manifest = job_manifest(&tc, "mw", 400_000, 30_000, &output);
+    manifest["spec"]["parallelism"] = json!(4);
+    manifest["spec"]["workers"] = json!(2);
+    create_job(&tc, &manifest).await;
+
+    wait_job(&tc, "mw", "Running on 2 workers with a checkpoint", |j| {
+        running_attempt(j, 1)
+            && j.status
+                .as_ref()
+                .and_then(|s| s.last_checkpoint.as_ref())
+                .is_some()
+    })
+    .await;
+    let pods = pods_of_attempt(&tc, "mw", 1).await;
+    let names: Vec<_> = pods
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    assert_eq!(names, ["mw-worker-0", "mw-worker-1"]);
+    let ips: BTreeSet<_> = pods
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+        .collect();
+    assert_eq!(ips.len(), 2, "each worker pod has its own IP: {ips:?}");
+
+    // Kill the member's process: the whole attempt fails and comes back from a checkpoint.
+    let killed_at = Instant::now();
+    // SAFETY: signalling a process group we own.
+    unsafe { libc::kill(-pgid(&pods[1]), libc::SIGKILL) };
+    let job = wait_job(
+        &tc,
+        "mw",
+        "Running again after the member was killed",
+        |j| running_attempt(j, 2),
+    )
+    .await;
+    eprintln!(
+        "[figures] 2-worker job, member kill -> Running again: {:.2}s",
+        killed_at.elapsed().as_secs_f64()
+    );
+    let status = job.status.clone().unwrap();
+    assert!(status.restarts >= 1);
+    let restored = status.restored_from.clone().expect("restoredFrom");
+    assert!(restored.contains("/checkpoints/000001-"), "{restored}");
+    assert_eq!(pods_of_attempt(&tc, "mw", 2).await.len(), 2);
+
+    // Rescale the pods 2 -> 3 (an upgrade through a savepoint).
+    patch_spec(&tc, "mw", json!({"workers": 3})).await;
+    wait_job(&tc, "mw", "Running on 3 workers", |j| {
+        running_attempt(j, 3)
+            && j.status
+                .as_ref()
+                .is_some_and(|s| s.pending_change.is_none())
+    })
+    .await;
+    assert_eq!(pods_of_attempt(&tc, "mw", 3).await.len(), 3);
+
+    wait_job(&tc, "mw", "Finished", |j| {
+        phase(j) == Some(JobPhase::Finished)
+    })
+    .await;
+    let expected = reference_output(&tc, &manifest);
+    let got = committed_lines(&output);
+    assert_eq!(got.len(), expected.len(), "no loss, no duplicates");
+    assert!(
+        got == expected,
+        "committed output differs from the failure-free run"
+    );
+}

@@ -80,12 +80,19 @@ pub struct StreamJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<ImagePullPolicy>,
 
-    /// Number of parallel subtasks per operator; one worker pod per subtask slot. Changing it rescales
-    /// the job through a savepoint (or the latest checkpoint, per `upgradeMode`). Exposed through the
-    /// scale subresource (`kubectl scale sj/NAME --replicas N`).
+    /// Number of parallel subtasks per operator. Changing it rescales the job through a savepoint (or
+    /// the latest checkpoint, per `upgradeMode`). Exposed through the scale subresource
+    /// (`kubectl scale sj/NAME --replicas N`).
     #[serde(default = "default_parallelism")]
     #[schemars(range(min = 1, max = 1024))]
     pub parallelism: i32,
+
+    /// Number of worker pods that share the subtasks (each runs a contiguous block of subtasks of
+    /// every operator; records between pods travel over TCP). Worker 0 also hosts the job
+    /// coordinator. At most `parallelism` pods are used. Changing it restarts the job like an upgrade.
+    #[serde(default = "default_workers")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub workers: i32,
 
     /// Number of key groups: the upper bound for `parallelism` and the unit in which keyed state is
     /// redistributed on rescale. Cannot change once the job has state.
@@ -420,6 +427,9 @@ fn default_image() -> String {
 fn default_parallelism() -> i32 {
     1
 }
+fn default_workers() -> i32 {
+    1
+}
 fn default_max_parallelism() -> i32 {
     128
 }
@@ -512,6 +522,7 @@ impl StreamJobSpec {
             image: default_image(),
             image_pull_policy: None,
             parallelism: default_parallelism(),
+            workers: default_workers(),
             max_parallelism: default_max_parallelism(),
             job: JobSpec {
                 name: Some(job_name.to_string()),
@@ -540,6 +551,12 @@ impl StreamJobSpec {
 }
 
 impl StreamJobSpec {
+    /// Worker pods an attempt runs: `workers`, but never more than `parallelism` (a pod without a
+    /// subtask would idle) and at least one.
+    pub fn effective_workers(&self) -> u32 {
+        self.workers.clamp(1, self.parallelism.max(1)) as u32
+    }
+
     /// Root of the job's snapshots: `spec.storage.path` as given, or
     /// `s3://<bucket>/[<prefix>/]<namespace>/<name>`, or (no storage set) the local default
     /// `streamjob-data/<namespace>/<name>/snapshots`. Workers and the operator both use this, so they
