@@ -38,6 +38,10 @@ enum Command {
         /// Do not print the progress line.
         #[arg(long)]
         quiet: bool,
+        /// Write the run's figures (records, run time without start-up, checkpoint durations and
+        /// sizes) as JSON to this file when the job ends.
+        #[arg(long)]
+        stats_json: Option<std::path::PathBuf>,
     },
     /// Run one attempt of a job in a worker pod (the operator's entrypoint): records the attempt,
     /// restores the given snapshot, runs the job and serves the control API; exits 0 when the job
@@ -143,6 +147,7 @@ fn main() -> anyhow::Result<()> {
             parallelism,
             set,
             quiet,
+            stats_json,
         } => {
             let options = streamjob_worker::local::LocalOptions {
                 manifest: file,
@@ -153,7 +158,13 @@ fn main() -> anyhow::Result<()> {
                 progress: !quiet,
             };
             let job = streamjob_worker::local::prepare(&options)?;
-            let outcome = streamjob_worker::local::run(job, !quiet)?;
+            let (outcome, stats) = streamjob_worker::local::run_with_stats(job, !quiet)?;
+            if let Some(path) = stats_json {
+                let text = serde_json::to_string_pretty(&stats)?;
+                std::fs::write(&path, text + "\n").map_err(|e| {
+                    anyhow::anyhow!("cannot write the run figures to {}: {e}", path.display())
+                })?;
+            }
             match outcome {
                 streamjob_engine::runner::RunOutcome::Finished { attempts, restarts } => {
                     eprintln!(

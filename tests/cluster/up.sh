@@ -155,7 +155,8 @@ trap on_error ERR
 
 start() { # name cmd...
   local name=$1; shift
-  setsid "$@" >"$DLOGS/$name.log" 2>&1 </dev/null &
+  # fd 9 (the lock) is closed for daemons: a live daemon must not keep later up.sh runs waiting.
+  setsid "$@" >"$DLOGS/$name.log" 2>&1 </dev/null 9>&- &
   echo $! >"$PIDS/$name"
 }
 

@@ -81,6 +81,14 @@ pub struct JobProgress {
     pub failed: u64,
     /// Durations of completed checkpoints in this attempt (ms), for percentiles.
     pub durations_ms: Vec<u64>,
+    /// Sizes of the completed snapshots in this attempt (bytes), in completion order.
+    pub sizes_bytes: Vec<u64>,
+    /// When the coordinator started (the tasks run from here; restore is done).
+    pub run_started: Option<Instant>,
+    /// When every source had emitted its last record (bounded jobs).
+    pub sources_finished: Option<Instant>,
+    /// When the attempt ended well (after the final checkpoint and sink commit).
+    pub run_ended: Option<Instant>,
 }
 
 /// Decides when the next periodic checkpoint starts (pure).
@@ -375,8 +383,14 @@ pub fn run_coordinator(
         Err(error)
     };
 
+    if let Ok(mut progress) = setup.progress.lock() {
+        progress.run_started = Some(Instant::now());
+    }
     loop {
         if finished_tasks.len() == setup.tasks.len() {
+            if let Ok(mut progress) = setup.progress.lock() {
+                progress.run_ended = Some(Instant::now());
+            }
             return Ok(match stop_savepoint {
                 Some(s) => AttemptEnd::Stopped(s),
                 None => AttemptEnd::Finished,
@@ -495,6 +509,11 @@ pub fn run_coordinator(
             }
             CoordinatorEvent::SourceFinished(task) => {
                 finished_sources.insert(task);
+                if finished_sources.len() == setup.sources.len() {
+                    if let Ok(mut progress) = setup.progress.lock() {
+                        progress.sources_finished = Some(Instant::now());
+                    }
+                }
             }
             CoordinatorEvent::TaskFinished(task) => {
                 finished_tasks.insert(task);
@@ -600,6 +619,7 @@ fn complete(
     if let Ok(mut progress) = setup.progress.lock() {
         progress.completed += 1;
         progress.durations_ms.push(done.duration.as_millis() as u64);
+        progress.sizes_bytes.push(done.size_bytes);
         match done.kind {
             SnapshotType::Checkpoint => progress.last_checkpoint = Some(done.clone()),
             SnapshotType::Savepoint { .. } => progress.last_savepoint = Some(done.clone()),

@@ -2,7 +2,7 @@
 //! checkpoints in a folder (or S3), automatic restarts from the latest checkpoint, a progress line,
 //! and Ctrl-C for stop-with-savepoint (a second Ctrl-C cancels).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -193,8 +193,46 @@ fn relative_snapshot_path(from: &str, storage_url: &str) -> String {
 
 static SIGNALS: AtomicU8 = AtomicU8::new(0);
 
+/// Figures of a local run, for benchmarks (`streamjob run --stats-json FILE`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunStats {
+    /// Job name.
+    pub job: String,
+    /// Subtasks per operator.
+    pub parallelism: u32,
+    /// Number of the last attempt.
+    pub attempt: u64,
+    /// Failed attempts that were restarted.
+    pub restarts: u32,
+    /// Records the sources of the last attempt read.
+    pub source_records: u64,
+    /// Last attempt, from its tasks starting (after restore) to its end, final checkpoint and sink
+    /// commit included; process start-up and restore are not.
+    pub run_millis: u64,
+    /// Last attempt, from its tasks starting until every source emitted its last record.
+    pub input_millis: Option<u64>,
+    /// Completed snapshots of the last attempt, in completion order.
+    pub checkpoints: Vec<CheckpointStat>,
+}
+
+/// One completed snapshot.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointStat {
+    /// Trigger to completion.
+    pub duration_ms: u64,
+    /// Bytes of state.
+    pub size_bytes: u64,
+}
+
 /// Run a prepared job to its end.
 pub fn run(job: LocalJob, progress: bool) -> Result<RunOutcome, LocalError> {
+    run_with_stats(job, progress).map(|(outcome, _)| outcome)
+}
+
+/// Run a prepared job to its end and report its figures.
+pub fn run_with_stats(job: LocalJob, progress: bool) -> Result<(RunOutcome, RunStats), LocalError> {
     use std::io::IsTerminal as _;
     let progress = progress && std::io::stderr().is_terminal();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -222,6 +260,7 @@ pub fn run(job: LocalJob, progress: bool) -> Result<RunOutcome, LocalError> {
     let last_records = Cell::new(0u64);
     let mut stop_requested: Option<crossbeam_reply::Reply> = None;
     let attempt_no = Cell::new(0u64);
+    let controller: RefCell<Option<streamjob_engine::job::JobController>> = RefCell::new(None);
     eprintln!(
         "streamjob: running {} (parallelism {}), snapshots in {}",
         params_name(&params),
@@ -237,12 +276,16 @@ pub fn run(job: LocalJob, progress: bool) -> Result<RunOutcome, LocalError> {
         |info| {
             attempt_no.set(info.attempt);
             last_records.set(0);
+            controller.replace(None);
             eprintln!(
                 "streamjob: attempt {}: {}",
                 info.attempt, info.restore_summary
             );
         },
         |handle| {
+            if controller.borrow().is_none() {
+                controller.replace(Some(handle.controller()));
+            }
             let signals = SIGNALS.load(Ordering::SeqCst);
             if signals >= 2 {
                 eprintln!("\nstreamjob: cancelling without a savepoint");
@@ -288,10 +331,45 @@ pub fn run(job: LocalJob, progress: bool) -> Result<RunOutcome, LocalError> {
             MonitorAction::Continue
         },
     )?;
+    let ended = Instant::now();
     if progress {
         eprintln!();
     }
-    Ok(outcome)
+    let mut stats = RunStats {
+        job: params.job().to_string(),
+        parallelism: job.config.parallelism,
+        attempt: attempt_no.get(),
+        restarts: match &outcome {
+            RunOutcome::Finished { restarts, .. }
+            | RunOutcome::Stopped { restarts, .. }
+            | RunOutcome::Cancelled { restarts } => *restarts,
+        },
+        ..RunStats::default()
+    };
+    if let Some(c) = controller.take() {
+        let p = c.progress();
+        stats.source_records = c.source_records();
+        if let Some(started) = p.run_started {
+            stats.run_millis = p
+                .run_ended
+                .unwrap_or(ended)
+                .duration_since(started)
+                .as_millis() as u64;
+            stats.input_millis = p
+                .sources_finished
+                .map(|f| f.duration_since(started).as_millis() as u64);
+        }
+        stats.checkpoints = p
+            .durations_ms
+            .iter()
+            .zip(&p.sizes_bytes)
+            .map(|(d, s)| CheckpointStat {
+                duration_ms: *d,
+                size_bytes: *s,
+            })
+            .collect();
+    }
+    Ok((outcome, stats))
 }
 
 mod crossbeam_reply {
