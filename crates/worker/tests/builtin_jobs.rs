@@ -490,3 +490,24 @@ fn parameters_are_validated() {
         "{message}"
     );
 }
+
+#[test]
+fn every_example_manifest_names_a_built_in_job_with_valid_parameters() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../manifests/examples");
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let options = streamjob_worker::local::LocalOptions {
+                manifest: path.clone(),
+                ..Default::default()
+            };
+            let job = streamjob_worker::local::prepare(&options)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            checked.push(job.params.job().to_string());
+        }
+    }
+    for job in ["word-count", "sequence-check", "windowed-count"] {
+        assert!(checked.iter().any(|j| j == job), "no example runs {job}");
+    }
+}
