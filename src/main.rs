@@ -1,6 +1,7 @@
 //! `streamjob`: one thin binary for every role. `run` is local mode (a StreamJob manifest run in this
 //! process); `worker` runs one job attempt in a pod with the control API; `crd` prints the
-//! CustomResourceDefinition; `operator` runs the StreamJob controller.
+//! CustomResourceDefinition; `operator` runs the StreamJob controller; `verify-sequence` checks the
+//! committed output of a `sequence-check` run.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -115,6 +116,22 @@ enum Command {
     },
     /// Print the StreamJob CustomResourceDefinition as YAML (`crds/streamjob.yaml` is this output).
     Crd,
+    /// Check the committed output of a `sequence-check` run: expected, committed, lost, duplicated,
+    /// out of order per key, count mismatches. Exits 0 only when the output is exact.
+    VerifySequence {
+        /// The job's output folder (its `output` parameter).
+        #[arg(long)]
+        output: std::path::PathBuf,
+        /// The job's `keys` parameter.
+        #[arg(long)]
+        keys: u64,
+        /// The job's `events` parameter.
+        #[arg(long)]
+        events: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -270,6 +287,22 @@ fn main() -> anyhow::Result<()> {
                 .build()
                 .context("failed to start the async runtime")?;
             runtime.block_on(streamjob_operator::run::run(options))?;
+        }
+        Command::VerifySequence {
+            output,
+            keys,
+            events,
+            json,
+        } => {
+            let report = streamjob_worker::verify::verify_sequence(&output, keys, events)?;
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                println!("{report}");
+            }
+            if !report.is_exact() {
+                std::process::exit(1);
+            }
         }
         Command::Crd => {
             let yaml = serde_yaml::to_string(&streamjob_api::v1alpha1::crd())

@@ -44,7 +44,7 @@ PY
 
 echo "| job | parallelism | checkpoint interval | events/s (median of $RUNS) | last checkpoint id | peak RSS |"
 echo "|---|---|---|---|---|---|"
-for job in nexmark-q0 nexmark-q1 nexmark-q2 windowed-count; do
+for job in nexmark-q0 nexmark-q1 nexmark-q2 nexmark-q5 nexmark-q7 nexmark-q8 windowed-count word-count sequence-check; do
   for interval in 1h 1s; do
     read -r eps rss ckpts <<<"$(run "$job" 2 "$interval")"
     echo "| $job | 2 | $interval | $eps | $ckpts | $((rss / 1024)) MiB |"

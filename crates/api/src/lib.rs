@@ -27,4 +27,14 @@ pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 
 /// Names of the built-in jobs a worker can run by `spec.job.name` (the operator validates against
 /// this list without linking the engine).
-pub const BUILTIN_JOBS: &[&str] = &["windowed-count", "nexmark-q0", "nexmark-q1", "nexmark-q2"];
+pub const BUILTIN_JOBS: &[&str] = &[
+    "windowed-count",
+    "word-count",
+    "nexmark-q0",
+    "nexmark-q1",
+    "nexmark-q2",
+    "nexmark-q5",
+    "nexmark-q7",
+    "nexmark-q8",
+    "sequence-check",
+];

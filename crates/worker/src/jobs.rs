@@ -1,14 +1,23 @@
 //! Built-in jobs, runnable by name with parameters (`spec.job.name`, `spec.job.params`).
 //! Parameters are validated before anything runs; unknown names and bad values are clear errors.
+//! This file holds the parameters and the name -> job table; the larger jobs live in `jobs/`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use streamjob_engine::connectors::file_sink::FileSink;
 use streamjob_engine::connectors::nexmark::{Event, NexmarkConfig, NexmarkSource};
 use streamjob_engine::operators::window::{Count, WindowAssigner, WindowResult};
-use streamjob_engine::stream::StreamEnv;
+use streamjob_engine::stream::{DataStream, StreamEnv};
+use streamjob_engine::types::Data;
+
+mod highest_bid;
+mod hot_items;
+mod new_users;
+pub mod sequence_check;
+mod word_count;
 
 /// A job that cannot be built from its name and parameters.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -90,8 +99,11 @@ impl JobParams {
         }
     }
     fn duration_ms_or(&self, key: &str, default_ms: i64) -> Result<i64, JobSpecError> {
+        Ok(self.duration_ms(key)?.unwrap_or(default_ms))
+    }
+    fn duration_ms(&self, key: &str) -> Result<Option<i64>, JobSpecError> {
         match self.values.get(key) {
-            None => Ok(default_ms),
+            None => Ok(None),
             Some(v) => streamjob_api::duration::parse_duration(v)
                 .map(|d| d.as_millis() as i64)
                 .map_err(|e| JobSpecError::Invalid {
@@ -102,7 +114,7 @@ impl JobParams {
                 })
                 .and_then(|ms| {
                     if ms > 0 {
-                        Ok(ms)
+                        Ok(Some(ms))
                     } else {
                         Err(JobSpecError::Invalid {
                             job: self.job.clone(),
@@ -142,16 +154,24 @@ impl JobParams {
         }
         Ok(PathBuf::from(path))
     }
+    fn invalid(&self, param: &str, reason: impl Into<String>) -> JobSpecError {
+        JobSpecError::Invalid {
+            job: self.job.clone(),
+            param: param.into(),
+            value: self.values.get(param).cloned().unwrap_or_default(),
+            reason: reason.into(),
+        }
+    }
 }
 
-/// Source parameters shared by the Nexmark jobs.
-struct NexmarkParams {
+/// Source parameters shared by the generator jobs (`events`, `rate`, `splits`).
+struct SourceParams {
     events: Option<u64>,
     splits: u32,
     rate: Option<u64>,
 }
 
-fn nexmark_params(params: &JobParams, parallelism: u32) -> Result<NexmarkParams, JobSpecError> {
+fn source_params(params: &JobParams, parallelism: u32) -> Result<SourceParams, JobSpecError> {
     let events = params.u64_or("events", 0)?;
     let rate = params.u64_or("rate", 0)?;
     let splits = params.u64_or("splits", u64::from(parallelism.max(16)))?;
@@ -163,7 +183,7 @@ fn nexmark_params(params: &JobParams, parallelism: u32) -> Result<NexmarkParams,
             reason: "must be between 1 and 65536".into(),
         });
     }
-    Ok(NexmarkParams {
+    Ok(SourceParams {
         events: (events > 0).then_some(events),
         splits: splits as u32,
         rate: (rate > 0).then_some(rate),
@@ -179,13 +199,27 @@ pub fn validate(params: &JobParams, parallelism: u32) -> Result<(), JobSpecError
     build(params, &env)
 }
 
+/// Called once per source record by jobs built with [`build_with_fault`]: tests inject failures
+/// (a panic fails the attempt) at chosen points with it.
+pub type FaultHook = Arc<dyn Fn() + Send + Sync>;
+
 /// Add the job named in `params` to `env`.
 pub fn build(params: &JobParams, env: &StreamEnv) -> Result<(), JobSpecError> {
+    build_with_fault(params, env, None)
+}
+
+/// Like [`build`], with `fault` called once per source record (jobs other than `windowed-count` and
+/// `nexmark-q0`..`q2`). Without a hook the job graph is exactly the one [`build`] makes.
+pub fn build_with_fault(
+    params: &JobParams,
+    env: &StreamEnv,
+    fault: Option<FaultHook>,
+) -> Result<(), JobSpecError> {
     let parallelism = env.config().parallelism;
     match params.job.as_str() {
         "windowed-count" => {
             params.check_known(&["events", "rate", "splits", "window", "output"])?;
-            let source = nexmark_params(params, parallelism)?;
+            let source = source_params(params, parallelism)?;
             let window = params.duration_ms_or("window", 10_000)?;
             let output = params.output()?;
             windowed_count(env, source, window, output);
@@ -193,9 +227,69 @@ pub fn build(params: &JobParams, env: &StreamEnv) -> Result<(), JobSpecError> {
         }
         "nexmark-q0" | "nexmark-q1" | "nexmark-q2" => {
             params.check_known(&["events", "rate", "splits", "output"])?;
-            let source = nexmark_params(params, parallelism)?;
+            let source = source_params(params, parallelism)?;
             let output = params.output()?;
             nexmark_simple(env, &params.job, source, output);
+            Ok(())
+        }
+        "nexmark-q5" => {
+            params.check_known(&["events", "rate", "splits", "window", "slide", "output"])?;
+            let source = source_params(params, parallelism)?;
+            let window = params.duration_ms_or("window", 10_000)?;
+            let slide = params.duration_ms_or("slide", 2_000)?;
+            if slide > window || window % slide != 0 {
+                return Err(params.invalid(
+                    "slide",
+                    format!(
+                        "the window ({window} ms) must be a multiple of the slide ({slide} ms)"
+                    ),
+                ));
+            }
+            let output = params.output()?;
+            let events = inject(nexmark_source(env, source), fault);
+            hot_items::build(events, window, slide, output);
+            Ok(())
+        }
+        "nexmark-q7" | "nexmark-q8" => {
+            params.check_known(&["events", "rate", "splits", "window", "output"])?;
+            let source = source_params(params, parallelism)?;
+            let window = params.duration_ms_or("window", 10_000)?;
+            let output = params.output()?;
+            let events = inject(nexmark_source(env, source), fault);
+            if params.job == "nexmark-q7" {
+                highest_bid::build(events, window, output);
+            } else {
+                new_users::build(events, window, output);
+            }
+            Ok(())
+        }
+        "word-count" => {
+            params.check_known(&["events", "rate", "splits", "vocabulary", "window", "output"])?;
+            let source = source_params(params, parallelism)?;
+            let vocabulary = params.u64_or("vocabulary", 10_000)?;
+            if vocabulary == 0 {
+                return Err(params.invalid("vocabulary", "must be at least 1"));
+            }
+            let window = params.duration_ms("window")?;
+            if source.events.is_none() && window.is_none() {
+                return Err(params.invalid(
+                    "events",
+                    "an unbounded word count (events=0) emits only per window: set `window` too",
+                ));
+            }
+            let output = params.output()?;
+            word_count::build(env, source, vocabulary, window, output, fault);
+            Ok(())
+        }
+        "sequence-check" => {
+            params.check_known(&["keys", "events", "rate", "splits", "output"])?;
+            let source = source_params(params, parallelism)?;
+            let keys = params.u64_or("keys", 1000)?;
+            if keys == 0 {
+                return Err(params.invalid("keys", "must be at least 1"));
+            }
+            let output = params.output()?;
+            sequence_check::build(env, source, keys, output, fault);
             Ok(())
         }
         other => Err(JobSpecError::UnknownJob {
@@ -204,10 +298,18 @@ pub fn build(params: &JobParams, env: &StreamEnv) -> Result<(), JobSpecError> {
     }
 }
 
-fn nexmark_source(
-    env: &StreamEnv,
-    p: NexmarkParams,
-) -> streamjob_engine::stream::DataStream<Event> {
+/// The stream, with the fault hook (if any) called once per record.
+fn inject<T: Data>(stream: DataStream<T>, fault: Option<FaultHook>) -> DataStream<T> {
+    match fault {
+        None => stream,
+        Some(fault) => stream.map("fault-injection", move |r| {
+            fault();
+            r
+        }),
+    }
+}
+
+fn nexmark_source(env: &StreamEnv, p: SourceParams) -> DataStream<Event> {
     env.source("nexmark", move |_| {
         Box::new(NexmarkSource::new(
             NexmarkConfig::default(),
@@ -219,7 +321,7 @@ fn nexmark_source(
 }
 
 /// Nexmark bids -> count per auction per tumbling event-time window -> exactly-once file sink.
-fn windowed_count(env: &StreamEnv, source: NexmarkParams, window_ms: i64, output: PathBuf) {
+fn windowed_count(env: &StreamEnv, source: SourceParams, window_ms: i64, output: PathBuf) {
     nexmark_source(env, source)
         .flat_map("bids", |e: Event| match e {
             Event::Bid(b) => Some(b),
@@ -239,7 +341,7 @@ fn windowed_count(env: &StreamEnv, source: NexmarkParams, window_ms: i64, output
 }
 
 /// Nexmark q0 (pass-through), q1 (currency conversion), q2 (selection) on bids.
-fn nexmark_simple(env: &StreamEnv, query: &str, source: NexmarkParams, output: PathBuf) {
+fn nexmark_simple(env: &StreamEnv, query: &str, source: SourceParams, output: PathBuf) {
     let bids = nexmark_source(env, source).flat_map("bids", |e: Event| match e {
         Event::Bid(b) => Some(b),
         _ => None,

@@ -1,5 +1,8 @@
-//! Sources and sinks: the Nexmark generator, a sentence generator, and the two-phase-commit file sink.
+//! Sources and sinks: the Nexmark generator, a text (words) generator, a per-key sequence generator,
+//! and the two-phase-commit file sink.
 
 pub mod file_sink;
 pub mod generator;
 pub mod nexmark;
+pub mod sequence;
+pub mod words;

@@ -2,4 +2,5 @@
 
 pub mod basic;
 pub mod keyed_process;
+pub mod local_window;
 pub mod window;
