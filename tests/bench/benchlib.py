@@ -84,14 +84,14 @@ def _tail(text, lines=15):
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def job_yaml(job, events, parallelism, interval, output, snapshots):
-    """A StreamJob manifest for local mode, as in tests/bench/local.sh."""
+def job_yaml(job, events, parallelism, interval, output, snapshots, sink="file"):
+    """A StreamJob manifest for local mode, as in tests/bench/local.sh. sink: file | discard."""
     return f"""apiVersion: streamjob.io/v1alpha1
 kind: StreamJob
 metadata: {{name: bench}}
 spec:
   parallelism: {parallelism}
-  job: {{name: {job}, params: {{events: {events}, output: {output}}}}}
+  job: {{name: {job}, params: {{events: {events}, output: {output}, sink: {sink}}}}}
   checkpoint: {{interval: {interval}}}
   storage: {{path: {snapshots}}}
 """
@@ -110,16 +110,20 @@ def _manifest_checkpoints(snapshots):
     return rows
 
 
-def run_streamjob(binary, query, events, parallelism, checkpoint_ms, stats_json, keep_output=None):
+def run_streamjob(binary, query, events, parallelism, checkpoint_ms, stats_json, keep_output=None,
+                  sink="file"):
     """One run of nexmark-<query> in local mode. checkpoint_ms None = 'off', which our manifest
-    expresses as a 1 h interval (only the final checkpoint of a bounded job is taken)."""
+    expresses as a 1 h interval (only the final checkpoint of a bounded job is taken).
+    sink: file (the exactly-once file sink) or discard (like Flink's DiscardingSink)."""
     work = pathlib.Path(tempfile.mkdtemp(prefix="bench-sj-"))
     try:
         output = pathlib.Path(keep_output) if keep_output else work / "out"
         interval = "1h" if checkpoint_ms is None else f"{checkpoint_ms}ms"
         manifest = work / "job.yaml"
+        if keep_output:
+            sink = "file"
         manifest.write_text(job_yaml(f"nexmark-{query}", events, parallelism, interval, output,
-                                     work / "snap"))
+                                     work / "snap", sink))
         cmd = [binary, "run", str(manifest), "--quiet"]
         if stats_json:
             cmd += ["--stats-json", str(work / "stats.json")]

@@ -159,7 +159,8 @@ def run_matrix(args, binary, stats_json, log):
                         tag = f"{q} p={p} checkpoints {ckpt_label(ck)} {LABEL[system]} run {rep + 1}/{args.runs}"
                         try:
                             if system == "streamjob":
-                                r = benchlib.run_streamjob(binary, q, events, p, ck, stats_json)
+                                r = benchlib.run_streamjob(binary, q, events, p, ck, stats_json,
+                                                           sink="file" if args.flink_file_sink else "discard")
                             else:
                                 r = benchlib.run_flink(q, events, p, ck, system.split("-")[1],
                                                        file_sink=args.flink_file_sink)
@@ -345,9 +346,10 @@ def main():
     ap.add_argument("--rocksdb-off", action="store_true",
                     help="also run Flink RocksDB without checkpoints (default: RocksDB only with 1 s checkpoints "
                          "in --quick, always in the full run)")
-    ap.add_argument("--flink-file-sink", action="store_true",
-                    help="Flink writes its results as lines to files (plain buffered writer, not transactional) "
-                         "instead of the default discarding sink")
+    ap.add_argument("--flink-file-sink", "--file-sinks", dest="flink_file_sink", action="store_true",
+                    help="both sides write their results as lines to files (Flink: plain buffered writer, not "
+                         "transactional; streamjob: its exactly-once file sink) instead of the default "
+                         "discarding sinks")
     ap.add_argument("--bin", help="streamjob release binary (default: looked up, never built)")
     ap.add_argument("--out", default=str(HERE / "results"), help="results folder (default tests/bench/results)")
     ap.add_argument("--skip-check", action="store_true", help="skip the generator equality check")
@@ -417,9 +419,10 @@ def main():
           "last sink subtask; checkpoint figures from the MiniCluster REST API /jobs/<id>/checkpoints",
           f"- {args.runs} run(s) per configuration, interleaved; q0-q2 {args.events_simple:,} events, q5/q7/q8 "
           f"{args.events_windowed:,} events; same generator on both sides (16 splits, event i a pure function of i); "
-          + ("Flink writes lines to files (buffered, not transactional)" if args.flink_file_sink else
-             "Flink writes to a discarding sink")
-          + ", streamjob to its exactly-once file sink; "
+          + ("Flink writes lines to files (buffered, not transactional), streamjob to its exactly-once file sink; "
+             if args.flink_file_sink else
+             "both sides write to a discarding sink (streamjob: sink=discard); ")
+          + 
           "'checkpoints off' is no "
           "checkpointing on Flink and a 1 h interval on streamjob (only the final checkpoint of a bounded job)",
           f"- generator equality check: {check}\n"]

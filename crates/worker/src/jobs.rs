@@ -13,6 +13,28 @@ use streamjob_engine::operators::window::{Count, WindowAssigner, WindowResult};
 use streamjob_engine::stream::{DataStream, StreamEnv};
 use streamjob_engine::types::Data;
 
+/// Where a job's results go.
+#[derive(Debug, Clone)]
+pub(crate) enum ResultSink {
+    /// The exactly-once (two-phase-commit) file sink, into this folder.
+    Files(PathBuf),
+    /// Nowhere (benchmarks without output I/O).
+    Discard,
+}
+
+impl ResultSink {
+    /// The sink operator of one subtask; `format` writes one record as a line.
+    pub(crate) fn operator<T: Data>(
+        &self,
+        format: impl Fn(&T, &mut String) + Send + 'static,
+    ) -> Box<dyn streamjob_engine::operator::StreamOperator<T, ()>> {
+        match self {
+            ResultSink::Files(dir) => Box::new(FileSink::new(dir.clone(), format)),
+            ResultSink::Discard => Box::new(streamjob_engine::connectors::discard::DiscardSink),
+        }
+    }
+}
+
 mod highest_bid;
 mod hot_items;
 mod new_users;
@@ -126,14 +148,26 @@ impl JobParams {
                 }),
         }
     }
-    fn output(&self) -> Result<PathBuf, JobSpecError> {
+    /// Where results go: `sink: file` (default) writes them with the exactly-once file sink into
+    /// `output`; `sink: discard` drops them (benchmarks), and `output` is not needed.
+    fn output(&self) -> Result<ResultSink, JobSpecError> {
+        match self.values.get("sink").map(String::as_str) {
+            None | Some("file") => {}
+            Some("discard") => return Ok(ResultSink::Discard),
+            Some(other) => {
+                return Err(self.invalid(
+                    "sink",
+                    format!("{other:?} is not a sink; use `file` (default) or `discard`"),
+                ))
+            }
+        }
         let value = self
             .values
             .get("output")
             .ok_or_else(|| JobSpecError::Missing {
                 job: self.job.clone(),
                 param: "output".into(),
-                hint: "the folder committed results are written to".into(),
+                hint: "the folder committed results are written to (or set sink=discard)".into(),
             })?;
         let path = value.strip_prefix("file://").unwrap_or(value);
         if path.is_empty() {
@@ -152,7 +186,7 @@ impl JobParams {
                 reason: "the file sink writes to a local or mounted folder; S3 output is not supported yet".into(),
             });
         }
-        Ok(PathBuf::from(path))
+        Ok(ResultSink::Files(PathBuf::from(path)))
     }
     fn invalid(&self, param: &str, reason: impl Into<String>) -> JobSpecError {
         JobSpecError::Invalid {
@@ -218,7 +252,7 @@ pub fn build_with_fault(
     let parallelism = env.config().parallelism;
     match params.job.as_str() {
         "windowed-count" => {
-            params.check_known(&["events", "rate", "splits", "window", "output"])?;
+            params.check_known(&["events", "rate", "splits", "window", "output", "sink"])?;
             let source = source_params(params, parallelism)?;
             let window = params.duration_ms_or("window", 10_000)?;
             let output = params.output()?;
@@ -226,14 +260,16 @@ pub fn build_with_fault(
             Ok(())
         }
         "nexmark-q0" | "nexmark-q1" | "nexmark-q2" => {
-            params.check_known(&["events", "rate", "splits", "output"])?;
+            params.check_known(&["events", "rate", "splits", "output", "sink"])?;
             let source = source_params(params, parallelism)?;
             let output = params.output()?;
             nexmark_simple(env, &params.job, source, output);
             Ok(())
         }
         "nexmark-q5" => {
-            params.check_known(&["events", "rate", "splits", "window", "slide", "output"])?;
+            params.check_known(&[
+                "events", "rate", "splits", "window", "slide", "output", "sink",
+            ])?;
             let source = source_params(params, parallelism)?;
             let window = params.duration_ms_or("window", 10_000)?;
             let slide = params.duration_ms_or("slide", 2_000)?;
@@ -251,7 +287,7 @@ pub fn build_with_fault(
             Ok(())
         }
         "nexmark-q7" | "nexmark-q8" => {
-            params.check_known(&["events", "rate", "splits", "window", "output"])?;
+            params.check_known(&["events", "rate", "splits", "window", "output", "sink"])?;
             let source = source_params(params, parallelism)?;
             let window = params.duration_ms_or("window", 10_000)?;
             let output = params.output()?;
@@ -264,7 +300,15 @@ pub fn build_with_fault(
             Ok(())
         }
         "word-count" => {
-            params.check_known(&["events", "rate", "splits", "vocabulary", "window", "output"])?;
+            params.check_known(&[
+                "events",
+                "rate",
+                "splits",
+                "vocabulary",
+                "window",
+                "output",
+                "sink",
+            ])?;
             let source = source_params(params, parallelism)?;
             let vocabulary = params.u64_or("vocabulary", 10_000)?;
             if vocabulary == 0 {
@@ -282,7 +326,7 @@ pub fn build_with_fault(
             Ok(())
         }
         "sequence-check" => {
-            params.check_known(&["keys", "events", "rate", "splits", "output"])?;
+            params.check_known(&["keys", "events", "rate", "splits", "output", "sink"])?;
             let source = source_params(params, parallelism)?;
             let keys = params.u64_or("keys", 1000)?;
             if keys == 0 {
@@ -321,7 +365,7 @@ fn nexmark_source(env: &StreamEnv, p: SourceParams) -> DataStream<Event> {
 }
 
 /// Nexmark bids -> count per auction per tumbling event-time window -> exactly-once file sink.
-fn windowed_count(env: &StreamEnv, source: SourceParams, window_ms: i64, output: PathBuf) {
+fn windowed_count(env: &StreamEnv, source: SourceParams, window_ms: i64, output: ResultSink) {
     nexmark_source(env, source)
         .flat_map("bids", |e: Event| match e {
             Event::Bid(b) => Some(b),
@@ -331,17 +375,14 @@ fn windowed_count(env: &StreamEnv, source: SourceParams, window_ms: i64, output:
         .window(WindowAssigner::tumbling(window_ms), |b| b.date_time)
         .aggregate("count-per-auction", Count)
         .sink("file-sink", move |_| {
-            Box::new(FileSink::new(
-                output.clone(),
-                |r: &WindowResult<u64, u64>, line: &mut String| {
-                    let _ = write!(line, "{},{},{},{}", r.key, r.start, r.end, r.value);
-                },
-            ))
+            output.operator(|r: &WindowResult<u64, u64>, line: &mut String| {
+                let _ = write!(line, "{},{},{},{}", r.key, r.start, r.end, r.value);
+            })
         });
 }
 
 /// Nexmark q0 (pass-through), q1 (currency conversion), q2 (selection) on bids.
-fn nexmark_simple(env: &StreamEnv, query: &str, source: SourceParams, output: PathBuf) {
+fn nexmark_simple(env: &StreamEnv, query: &str, source: SourceParams, output: ResultSink) {
     let bids = nexmark_source(env, source).flat_map("bids", |e: Event| match e {
         Event::Bid(b) => Some(b),
         _ => None,
@@ -357,8 +398,7 @@ fn nexmark_simple(env: &StreamEnv, query: &str, source: SourceParams, output: Pa
         _ => bids,
     };
     bids.sink("file-sink", move |_| {
-        Box::new(FileSink::new(
-            output.clone(),
+        output.operator(
             |b: &streamjob_engine::connectors::nexmark::Bid, line: &mut String| {
                 let _ = write!(
                     line,
@@ -366,6 +406,6 @@ fn nexmark_simple(env: &StreamEnv, query: &str, source: SourceParams, output: Pa
                     b.auction, b.bidder, b.price, b.channel, b.date_time
                 );
             },
-        ))
+        )
     });
 }

@@ -10,10 +10,9 @@
 //!    when the watermark passes the window end (every subtask's partial has arrived then).
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 
+use super::ResultSink;
 use serde::{Deserialize, Serialize};
-use streamjob_engine::connectors::file_sink::FileSink;
 use streamjob_engine::connectors::nexmark::{Bid, Event};
 use streamjob_engine::operator::OperatorError;
 use streamjob_engine::operators::keyed_process::{KeyedContext, KeyedProcessFunction};
@@ -120,7 +119,7 @@ impl KeyedProcessFunction<Timestamp, WindowResult<(), HighestBids>, HighestBid> 
 }
 
 /// Add q7 to the graph of `events`: tumbling windows of `window_ms`.
-pub(super) fn build(events: DataStream<Event>, window_ms: i64, output: PathBuf) {
+pub(super) fn build(events: DataStream<Event>, window_ms: i64, output: ResultSink) {
     events
         .flat_map("bids", |e: Event| match e {
             Event::Bid(b) => Some(b),
@@ -137,16 +136,13 @@ pub(super) fn build(events: DataStream<Event>, window_ms: i64, output: PathBuf) 
         .key_by(|partial: &WindowResult<(), HighestBids>| partial.end)
         .process("q7-highest-bid", MergeMaxima::default)
         .sink("file-sink", move |_| {
-            Box::new(FileSink::new(
-                output.clone(),
-                |h: &HighestBid, line: &mut String| {
-                    let b = &h.bid;
-                    let _ = write!(
-                        line,
-                        "{},{},{},{},{},{}",
-                        b.auction, b.bidder, b.price, b.channel, b.date_time, h.window_end
-                    );
-                },
-            ))
+            output.operator(|h: &HighestBid, line: &mut String| {
+                let b = &h.bid;
+                let _ = write!(
+                    line,
+                    "{},{},{},{},{},{}",
+                    b.auction, b.bidder, b.price, b.channel, b.date_time, h.window_end
+                );
+            })
         });
 }

@@ -13,10 +13,9 @@
 //!    window have arrived then: the windows of stage 2 fire ahead of the same watermark).
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 
+use super::ResultSink;
 use serde::{Deserialize, Serialize};
-use streamjob_engine::connectors::file_sink::FileSink;
 use streamjob_engine::connectors::nexmark::Event;
 use streamjob_engine::operator::OperatorError;
 use streamjob_engine::operators::keyed_process::{KeyedContext, KeyedProcessFunction};
@@ -117,7 +116,7 @@ impl KeyedProcessFunction<Timestamp, WindowResult<u64, u64>, HotItem> for MaxPer
 }
 
 /// Add q5 to the graph of `events`: sliding windows of `window_ms` every `slide_ms` (a divisor).
-pub(super) fn build(events: DataStream<Event>, window_ms: i64, slide_ms: i64, output: PathBuf) {
+pub(super) fn build(events: DataStream<Event>, window_ms: i64, slide_ms: i64, output: ResultSink) {
     events
         .flat_map("bids", |e: Event| match e {
             Event::Bid(b) => Some((b.auction, b.date_time)),
@@ -139,15 +138,12 @@ pub(super) fn build(events: DataStream<Event>, window_ms: i64, slide_ms: i64, ou
         .key_by(|count: &WindowResult<u64, u64>| count.end)
         .process("q5-hot-items", MaxPerWindow::default)
         .sink("file-sink", move |_| {
-            Box::new(FileSink::new(
-                output.clone(),
-                |h: &HotItem, line: &mut String| {
-                    let _ = write!(
-                        line,
-                        "{},{},{},{}",
-                        h.auction, h.window_start, h.window_end, h.count
-                    );
-                },
-            ))
+            output.operator(|h: &HotItem, line: &mut String| {
+                let _ = write!(
+                    line,
+                    "{},{},{},{}",
+                    h.auction, h.window_start, h.window_end, h.count
+                );
+            })
         });
 }

@@ -10,10 +10,9 @@
 //! a person registers once — and event-time timers at the window ends clear the state.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 
+use super::ResultSink;
 use serde::{Deserialize, Serialize};
-use streamjob_engine::connectors::file_sink::FileSink;
 use streamjob_engine::connectors::nexmark::Event;
 use streamjob_engine::operator::OperatorError;
 use streamjob_engine::operators::keyed_process::{KeyedContext, KeyedProcessFunction};
@@ -139,7 +138,7 @@ impl KeyedProcessFunction<u64, PersonOrAuction, NewUser> for JoinPersonsAuctions
 }
 
 /// Add q8 to the graph of `events`: tumbling windows of `window_ms`.
-pub(super) fn build(events: DataStream<Event>, window_ms: i64, output: PathBuf) {
+pub(super) fn build(events: DataStream<Event>, window_ms: i64, output: ResultSink) {
     events
         .flat_map("persons-and-auctions", |e: Event| match e {
             Event::Person(p) => Some(PersonOrAuction::Person {
@@ -159,11 +158,8 @@ pub(super) fn build(events: DataStream<Event>, window_ms: i64, output: PathBuf) 
             state: None,
         })
         .sink("file-sink", move |_| {
-            Box::new(FileSink::new(
-                output.clone(),
-                |u: &NewUser, line: &mut String| {
-                    let _ = write!(line, "{},{},{}", u.id, u.name, u.window_start);
-                },
-            ))
+            output.operator(|u: &NewUser, line: &mut String| {
+                let _ = write!(line, "{},{},{}", u.id, u.name, u.window_start);
+            })
         });
 }

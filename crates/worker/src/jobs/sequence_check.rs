@@ -7,10 +7,9 @@
 //! `crate::verify` checks exactly that from the committed files.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 
+use super::ResultSink;
 use serde::{Deserialize, Serialize};
-use streamjob_engine::connectors::file_sink::FileSink;
 use streamjob_engine::connectors::sequence::{SequenceRecord, SequenceSource};
 use streamjob_engine::operator::OperatorError;
 use streamjob_engine::operators::keyed_process::{KeyedContext, KeyedProcessFunction};
@@ -82,7 +81,7 @@ pub(super) fn build(
     env: &StreamEnv,
     source: SourceParams,
     keys: u64,
-    output: PathBuf,
+    output: ResultSink,
     fault: Option<FaultHook>,
 ) {
     let records = env.source("sequence", move |_| {
@@ -97,11 +96,8 @@ pub(super) fn build(
         .key_by(|r: &SequenceRecord| r.key)
         .process("count-sequences", CountSequences::default)
         .sink("file-sink", move |_| {
-            Box::new(FileSink::new(
-                output.clone(),
-                |r: &CheckedRecord, line: &mut String| {
-                    let _ = write!(line, "{},{},{}", r.key, r.seq, r.count);
-                },
-            ))
+            output.operator(|r: &CheckedRecord, line: &mut String| {
+                let _ = write!(line, "{},{},{}", r.key, r.seq, r.count);
+            })
         });
 }

@@ -9,11 +9,10 @@
 //! the line: no allocation per word, no intermediate vector per line.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 
+use super::ResultSink;
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
-use streamjob_engine::connectors::file_sink::FileSink;
 use streamjob_engine::connectors::words::{Line, WordsConfig, WordsSource};
 use streamjob_engine::operator::OperatorError;
 use streamjob_engine::operators::keyed_process::{KeyedContext, KeyedProcessFunction};
@@ -162,7 +161,7 @@ pub(super) fn build(
     source: SourceParams,
     vocabulary: u64,
     window_ms: Option<i64>,
-    output: PathBuf,
+    output: ResultSink,
     fault: Option<FaultHook>,
 ) {
     let config = WordsConfig {
@@ -186,16 +185,13 @@ pub(super) fn build(
             windows: None,
         })
         .sink("file-sink", move |_| {
-            Box::new(FileSink::new(
-                output.clone(),
-                |c: &WordCount, line: &mut String| {
-                    let _ = match c.window {
-                        None => write!(line, "{},{}", c.word, c.count),
-                        Some((start, end)) => {
-                            write!(line, "{},{},{},{}", c.word, start, end, c.count)
-                        }
-                    };
-                },
-            ))
+            output.operator(|c: &WordCount, line: &mut String| {
+                let _ = match c.window {
+                    None => write!(line, "{},{}", c.word, c.count),
+                    Some((start, end)) => {
+                        write!(line, "{},{},{},{}", c.word, start, end, c.count)
+                    }
+                };
+            })
         });
 }
