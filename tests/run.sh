@@ -23,6 +23,11 @@ export S3S_FS_BIN
 echo "== tests"
 cargo nextest run --workspace --exclude streamjob-testkit --locked --no-fail-fast
 
+echo "== chaos: seeded worker kills, a zombie attempt, a corrupted checkpoint (real worker processes)"
+cargo build -q --locked --bin streamjob
+STREAMJOB_BIN="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/streamjob" \
+  python3 tests/chaos/chaos.py --seeds 1,2 --kills 25
+
 echo "== GitOps health check (Argo CD Lua) on its test data"
 bash tests/gitops/test.sh
 
