@@ -31,5 +31,8 @@ STREAMJOB_BIN="$(cargo metadata --format-version 1 --no-deps | python3 -c 'impor
 echo "== GitOps health check (Argo CD Lua) on its test data"
 bash tests/gitops/test.sh
 
+echo "== generated field reference (docs/streamjob-reference.md) is up to date"
+/usr/bin/python3 tests/docs/crd-reference.py --check   # PyYAML: installed by the GitOps test above
+
 echo "== local cluster (real kube-apiserver, etcd, controller-manager, process kubelet, S3)"
 bash tests/cluster/test.sh

@@ -234,6 +234,7 @@ pub struct CheckpointSpec {
     pub retained: i32,
 
     /// Upload only the state that changed since the previous checkpoint and reference the rest.
+    /// Not implemented yet: the flag is accepted, and every checkpoint is still a full snapshot.
     #[serde(default)]
     pub incremental: bool,
 
