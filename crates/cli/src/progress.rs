@@ -115,6 +115,16 @@ pub fn phase_progress(
                 (Some(sp), JobPhase::Suspended) => {
                     format!("suspended with savepoint {} at {}", sp.id, sp.location)
                 }
+                (_, JobPhase::Running) => format!(
+                    "running: attempt {}, {}",
+                    status
+                        .job_attempt
+                        .map_or_else(|| NONE.to_string(), |a| a.to_string()),
+                    status.restored_from.as_deref().map_or_else(
+                        || "started with empty state".to_string(),
+                        |r| format!("restored from {r}")
+                    )
+                ),
                 _ => where_it_stands(job),
             });
         }
@@ -232,7 +242,7 @@ mod tests {
             .build();
         assert_eq!(
             phase_progress(&seen, JobPhase::Running, Some(4), &[]),
-            Progress::Done("phase Running, attempt 3".into())
+            Progress::Done("running: attempt 3, started with empty state".into())
         );
     }
 
