@@ -129,7 +129,7 @@ pub fn describe(job: &StreamJob, warnings: &[Warning], now: Timestamp) -> String
         &mut out,
         "Parallelism",
         format!(
-            "{} ({} worker pods)",
+            "{} (workers: {})",
             spec.parallelism,
             spec.effective_workers()
         ),
@@ -340,6 +340,7 @@ mod tests {
         for want in [
             "Name:            wc\n",
             "Phase:           Running\n",
+            "Parallelism:     2 (workers: 1)\n",
             "Attempt:         2\n",
             "Restarts:        1 (consecutive failures: 0)\n",
             "Restored from:   s3://bucket/ns/wc/checkpoints/000001-0000000007\n",
