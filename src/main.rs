@@ -191,6 +191,21 @@ enum Command {
     },
 }
 
+impl Command {
+    /// The operator-facing commands (`streamjob-cli`), which talk to a cluster as a user.
+    fn operates_a_cluster(&self) -> bool {
+        matches!(
+            self,
+            Command::Jobs { .. }
+                | Command::Snapshots { .. }
+                | Command::Savepoint { .. }
+                | Command::Suspend { .. }
+                | Command::Resume { .. }
+                | Command::Describe { .. }
+        )
+    }
+}
+
 /// Where the operator-facing commands look (the cluster is the kubeconfig's current context).
 #[derive(Args)]
 struct Target {
@@ -256,10 +271,16 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // kube and aws-sdk-s3 both link rustls; pick one crypto provider for the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // The operator-facing commands report errors themselves; their clients' logs only on request.
+    let default_log = if cli.command.operates_a_cluster() {
+        "off"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("STREAMJOB_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| default_log.into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -86,6 +86,15 @@ pub enum CliError {
         /// Job name.
         name: String,
     },
+    /// The API server did not answer.
+    #[error("failed to {action}: cannot reach the Kubernetes API server ({source}); check KUBECONFIG and the current context")]
+    Unreachable {
+        /// What was attempted.
+        action: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
     /// An API call failed.
     #[error("failed to {action}: {source}")]
     Api {
@@ -118,7 +127,12 @@ pub enum CliError {
 
 fn api_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> CliError {
     let action = action.into();
-    move |source| CliError::Api { action, source }
+    move |source| match source {
+        kube::Error::Service(_) | kube::Error::HyperError(_) => {
+            CliError::Unreachable { action, source }
+        }
+        source => CliError::Api { action, source },
+    }
 }
 
 /// Runs `cmd` against the cluster of the current kubeconfig context (or the in-cluster config);

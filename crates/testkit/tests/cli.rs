@@ -87,7 +87,7 @@ fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-async fn create(tc: &TestCluster, name: &str) {
+async fn create_credentials(tc: &TestCluster) {
     let secret: Secret = serde_json::from_value(json!({
         "metadata": {"name": "s3-credentials"},
         "stringData": {
@@ -100,6 +100,10 @@ async fn create(tc: &TestCluster, name: &str) {
         .create(&PostParams::default(), &secret)
         .await
         .unwrap();
+}
+
+/// An unbounded windowed-count job with its snapshots at the S3 server `endpoint`.
+async fn create(tc: &TestCluster, name: &str, endpoint: &str) {
     let output = tc.env().cluster_dir.join("out").join(tc.namespace());
     let job: StreamJob = serde_json::from_value(json!({
         "apiVersion": "streamjob.io/v1alpha1",
@@ -115,7 +119,7 @@ async fn create(tc: &TestCluster, name: &str) {
             "checkpoint": {"interval": "500ms", "timeout": "30s", "minPause": "100ms"},
             "storage": {"s3": {
                 "bucket": tc.bucket(),
-                "endpoint": tc.env().s3_endpoint,
+                "endpoint": endpoint,
                 "forcePathStyle": true,
                 "credentialsSecret": {"name": "s3-credentials"}
             }}
@@ -142,7 +146,8 @@ async fn jobs_savepoint_snapshots_suspend_resume_and_describe_against_the_api_se
     install_crypto_provider();
     let tc = TestCluster::new("cli").await.unwrap();
     let _operator = start_operator(&tc);
-    create(&tc, "cj").await;
+    create_credentials(&tc).await;
+    create(&tc, "cj", &tc.env().s3_endpoint).await;
     tc.wait_for::<StreamJob>("cj", WAIT, |j| {
         j.status
             .as_ref()
@@ -233,6 +238,62 @@ async fn jobs_savepoint_snapshots_suspend_resume_and_describe_against_the_api_se
         .next()
         .unwrap();
     assert!(history.contains(&suspend.location) && history.contains(&savepoint.location));
+
+    // A killed worker: describe names the failure and shows the Warning event.
+    let pod = tc
+        .api::<k8s_openapi::api::core::v1::Pod>()
+        .get("cj-worker-0")
+        .await
+        .unwrap();
+    let container = pod.status.unwrap().container_statuses.unwrap()[0]
+        .container_id
+        .clone()
+        .unwrap();
+    let pgid: i32 = container
+        .strip_prefix("process://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    // SAFETY: signalling the process group of a worker this test's cluster started.
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    tc.wait_for::<StreamJob>("cj", WAIT, |j| {
+        j.status.as_ref().is_some_and(|s| {
+            s.restarts == 1 && s.phase == Some(JobPhase::Running) && s.job_attempt == Some(3)
+        })
+    })
+    .await
+    .expect("Running again after the kill");
+    let text = stdout(&cli(&tc, &["describe", "cj"]));
+    for want in [
+        "Restarts:        1 (consecutive failures: ",
+        "Last failure:\n  Reason:        PodFailed\n  Attempt:       2\n  Pod:           cj-worker-0\n",
+        "  Message:       worker pod cj-worker-0 of attempt 2 failed",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    let events = text.split("Warning events:\n").nth(1).unwrap();
+    assert!(events.contains("PodFailed"), "{text}");
+    let text = stdout(&cli(&tc, &["jobs"]));
+    let row: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        (row[4], row[row.len() - 2]),
+        ("3", "1"),
+        "attempt and restarts: {text}"
+    );
+
+    // Storage that does not answer: what status knows, then a clear error and exit 1.
+    create(&tc, "cold", "http://127.0.0.1:1").await;
+    let out = cli(&tc, &["snapshots", "cold"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "Error: cannot read the snapshot storage s3://{}/{}/cold: ",
+            tc.bucket(),
+            tc.namespace()
+        )),
+        "{text}"
+    );
 
     // A job that does not exist: exit 1 and a message saying so.
     let out = cli(&tc, &["describe", "nope"]);
