@@ -342,14 +342,18 @@ async fn savepoint(
     .await?;
     let nonce = after.spec.savepoint_trigger_nonce.unwrap_or_default();
     println!("savepoint requested for StreamJob {ns}/{name} (savepointTriggerNonce {nonce})");
-    let Some(timeout) = wait else {
-        return Ok(());
-    };
     let previous = before
         .status
         .as_ref()
         .and_then(|s| s.last_savepoint.as_ref())
         .map(|s| s.location.clone());
+    let Some(timeout) = wait else {
+        // Say so at once when the request cannot be served now.
+        if let Progress::Failed(why) = savepoint_progress(&after, nonce, previous.as_deref(), &[]) {
+            eprintln!("note: {why}");
+        }
+        return Ok(());
+    };
     poll(client, ns, name, timeout, requested_at, |job, warnings| {
         savepoint_progress(job, nonce, previous.as_deref(), warnings)
     })
