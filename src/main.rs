@@ -1,10 +1,12 @@
 //! `streamjob`: one thin binary for every role. `run` is local mode (a StreamJob manifest run in this
 //! process); `worker` runs one job attempt in a pod with the control API; `crd` prints the
 //! CustomResourceDefinition; `operator` runs the StreamJob controller; `verify-sequence` checks the
-//! committed output of a `sequence-check` run.
+//! committed output of a `sequence-check` run. `jobs`, `snapshots`, `savepoint`, `suspend`,
+//! `resume` and `describe` operate jobs on a cluster (`streamjob-cli`); linked as
+//! `kubectl-streamjob`, the binary is a kubectl plugin (`kubectl streamjob jobs`).
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -114,6 +116,61 @@ enum Command {
         #[arg(long, default_value = "2m", value_parser = parse_duration_arg)]
         delete_timeout: std::time::Duration,
     },
+    /// List StreamJobs: phase, parallelism, workers, attempt, last checkpoint, restarts, age.
+    Jobs {
+        /// List the jobs of every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// A job's checkpoints and savepoints, from its status and from storage, each verified;
+    /// `*` marks the one a restore would use. S3 keys come from AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY (else the job's credentials Secret, if readable).
+    Snapshots {
+        /// StreamJob name.
+        name: String,
+        /// Also download every file of every complete snapshot and check its CRC-32C.
+        #[arg(long)]
+        deep: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Take a savepoint now (bumps spec.savepointTriggerNonce).
+    Savepoint {
+        /// StreamJob name.
+        name: String,
+        #[command(flatten)]
+        wait: Wait,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Stop a job with a savepoint and remove its pods (spec.state: suspended).
+    Suspend {
+        /// StreamJob name.
+        name: String,
+        #[command(flatten)]
+        wait: Wait,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Run a suspended job again from its savepoint (spec.state: running).
+    Resume {
+        /// StreamJob name.
+        name: String,
+        #[command(flatten)]
+        wait: Wait,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Phase, conditions, attempt, snapshots, savepoint history, pending change, last failure and
+    /// recent Warning events of a job.
+    Describe {
+        /// StreamJob name.
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Print the StreamJob CustomResourceDefinition as YAML (`crds/streamjob.yaml` is this output).
     Crd,
     /// Check the committed output of a `sequence-check` run: expected, committed, lost, duplicated,
@@ -134,6 +191,67 @@ enum Command {
     },
 }
 
+impl Command {
+    /// The operator-facing commands (`streamjob-cli`), which talk to a cluster as a user.
+    fn operates_a_cluster(&self) -> bool {
+        matches!(
+            self,
+            Command::Jobs { .. }
+                | Command::Snapshots { .. }
+                | Command::Savepoint { .. }
+                | Command::Suspend { .. }
+                | Command::Resume { .. }
+                | Command::Describe { .. }
+        )
+    }
+}
+
+/// Where the operator-facing commands look (the cluster is the kubeconfig's current context).
+#[derive(Args)]
+struct Target {
+    /// Namespace of the job (default: the kubeconfig context's namespace).
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
+}
+
+/// `--wait` and `--timeout` of the commands that change a job.
+#[derive(Args)]
+struct Wait {
+    /// Wait until the operator has done it, printing progress; exit non-zero on failure or timeout.
+    #[arg(long)]
+    wait: bool,
+    /// Longest wait.
+    #[arg(long, default_value = "5m", value_parser = parse_duration_arg)]
+    timeout: std::time::Duration,
+}
+
+/// The name to show in help and usage: `kubectl streamjob` when run as the kubectl plugin.
+fn display_name(argv0: Option<&std::ffi::OsStr>) -> &'static str {
+    let file = argv0
+        .map(std::path::Path::new)
+        .and_then(|p| p.file_name())
+        .and_then(|f| f.to_str());
+    match file {
+        Some("kubectl-streamjob") => "kubectl streamjob",
+        _ => "streamjob",
+    }
+}
+
+fn run_cli_command(cmd: streamjob_cli::Cmd, target: Target) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    if let Err(e) = runtime.block_on(streamjob_cli::commands::run(cmd, target.namespace)) {
+        // A storage error was already reported under the snapshot list.
+        if !matches!(e, streamjob_cli::CliError::Storage { .. }) {
+            eprintln!("error: {e}");
+        }
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.trim().to_string(), v.to_string()))
@@ -146,13 +264,23 @@ fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let argv0 = std::env::args_os().next();
+    let matches = Cli::command()
+        .bin_name(display_name(argv0.as_deref()))
+        .get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // kube and aws-sdk-s3 both link rustls; pick one crypto provider for the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // The operator-facing commands report errors themselves; their clients' logs only on request.
+    let default_log = if cli.command.operates_a_cluster() {
+        "off"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("STREAMJOB_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| default_log.into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -304,6 +432,42 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
+        Command::Jobs {
+            all_namespaces,
+            target,
+        } => run_cli_command(streamjob_cli::Cmd::Jobs { all_namespaces }, target)?,
+        Command::Snapshots { name, deep, target } => {
+            run_cli_command(streamjob_cli::Cmd::Snapshots { name, deep }, target)?
+        }
+        Command::Savepoint { name, wait, target } => run_cli_command(
+            streamjob_cli::Cmd::Savepoint {
+                name,
+                wait: wait.wait,
+                timeout: wait.timeout,
+            },
+            target,
+        )?,
+        Command::Suspend { name, wait, target } => run_cli_command(
+            streamjob_cli::Cmd::SetState {
+                name,
+                suspend: true,
+                wait: wait.wait,
+                timeout: wait.timeout,
+            },
+            target,
+        )?,
+        Command::Resume { name, wait, target } => run_cli_command(
+            streamjob_cli::Cmd::SetState {
+                name,
+                suspend: false,
+                wait: wait.wait,
+                timeout: wait.timeout,
+            },
+            target,
+        )?,
+        Command::Describe { name, target } => {
+            run_cli_command(streamjob_cli::Cmd::Describe { name }, target)?
+        }
         Command::Crd => {
             let yaml = serde_yaml::to_string(&streamjob_api::v1alpha1::crd())
                 .context("failed to render the StreamJob CRD as YAML")?;
@@ -311,4 +475,51 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kubectl_streamjob_link_is_the_kubectl_plugin() {
+        let name = |s: &str| display_name(Some(std::ffi::OsStr::new(s)));
+        assert_eq!(
+            name("/home/u/.local/bin/kubectl-streamjob"),
+            "kubectl streamjob"
+        );
+        assert_eq!(name("kubectl-streamjob"), "kubectl streamjob");
+        assert_eq!(name("/usr/bin/streamjob"), "streamjob");
+        assert_eq!(display_name(None), "streamjob");
+    }
+
+    #[test]
+    fn operator_commands_parse_namespace_wait_and_timeout() {
+        let cli = Cli::try_parse_from([
+            "kubectl-streamjob",
+            "savepoint",
+            "wc",
+            "-n",
+            "prod",
+            "--wait",
+            "--timeout",
+            "90s",
+        ])
+        .unwrap();
+        let Command::Savepoint { name, wait, target } = cli.command else {
+            panic!("not savepoint");
+        };
+        assert_eq!(name, "wc");
+        assert_eq!(target.namespace.as_deref(), Some("prod"));
+        assert!(wait.wait);
+        assert_eq!(wait.timeout, std::time::Duration::from_secs(90));
+        let cli = Cli::try_parse_from(["streamjob", "jobs", "-A"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Jobs {
+                all_namespaces: true,
+                ..
+            }
+        ));
+    }
 }

@@ -35,6 +35,6 @@ cargo test -p streamjob-testkit --test cluster -- "$@"
 # The operator end to end: its own process per test, real workers, S3. The streamjob binary the
 # pods run is the one `cargo build` (or the workspace tests) produced.
 cargo build -q --bin streamjob
-cargo test -p streamjob-testkit --test operator -- "$@"
+cargo test -p streamjob-testkit --test operator --test cli -- "$@"
 # The Helm chart rendered without helm, applied to the cluster, RBAC checked, the operator run from it.
 bash tests/chart/test.sh
