@@ -3,13 +3,12 @@
 //! running subtasks, or worker 0 with the coordinator) fails the whole attempt, after which a new
 //! attempt restores every worker from the latest checkpoint without loss or duplicates.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_streamjob");
+mod common;
+use common::{free_port, output_lines, status, wait_for, BIN};
 const TOKEN: &str = "test-token";
 
 fn manifest(dir: &Path, name: &str, parallelism: u32, rate: u64) -> PathBuf {
@@ -21,36 +20,6 @@ fn manifest(dir: &Path, name: &str, parallelism: u32, rate: u64) -> PathBuf {
     );
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let code = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_string();
-    Some((code, body))
-}
-
-fn status(port: u16) -> Option<serde_json::Value> {
-    let (code, body) = http_get(port, "/v1/status")?;
-    (code == 200).then(|| serde_json::from_str(&body).ok())?
 }
 
 struct Worker {
@@ -109,33 +78,6 @@ fn wait_exit(worker: &mut Worker, timeout: Duration) -> ExitStatus {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting for {what}");
-}
-
-fn output_lines(dir: &Path) -> Vec<String> {
-    let mut lines = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return lines;
-    };
-    for entry in entries {
-        let path = entry.unwrap().path();
-        if !path.file_name().unwrap().to_string_lossy().starts_with('.') {
-            let text = std::fs::read_to_string(path).unwrap();
-            lines.extend(text.lines().map(str::to_string));
-        }
-    }
-    lines.sort();
-    lines
 }
 
 fn reference(tmp: &Path) -> Vec<String> {

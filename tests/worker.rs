@@ -2,13 +2,12 @@
 //! exactly-once output across a SIGKILLed worker and a restore, compared with a local-mode run of the
 //! same job.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_streamjob");
+mod common;
+use common::{free_port, http, output_lines, status, wait_for, BIN};
 const TOKEN: &str = "test-token";
 
 fn manifest(dir: &Path, name: &str, parallelism: u32, rate: u64) -> PathBuf {
@@ -20,34 +19,6 @@ fn manifest(dir: &Path, name: &str, parallelism: u32, rate: u64) -> PathBuf {
     );
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A minimal HTTP/1.1 client: (status, body).
-fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .ok()?;
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(stream, "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((status, body))
 }
 
 struct Worker {
@@ -81,41 +52,6 @@ fn start_worker(manifest: &Path, attempt: u64, restore: &str) -> Worker {
         .spawn()
         .expect("start streamjob worker");
     Worker { child, port }
-}
-
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting for {what}");
-}
-
-fn status(port: u16) -> Option<serde_json::Value> {
-    let (code, body) = http(port, "GET", "/v1/status", None)?;
-    (code == 200)
-        .then(|| serde_json::from_str(&body).ok())
-        .flatten()
-}
-
-fn output_lines(dir: &Path) -> Vec<String> {
-    let mut lines = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if !path.file_name().unwrap().to_string_lossy().starts_with('.') {
-            lines.extend(
-                std::fs::read_to_string(path)
-                    .unwrap()
-                    .lines()
-                    .map(str::to_string),
-            );
-        }
-    }
-    lines.sort();
-    lines
 }
 
 fn reference(tmp: &Path) -> Vec<String> {
