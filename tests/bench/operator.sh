@@ -21,7 +21,7 @@ cargo test -q -p streamjob-testkit --test operator --no-run 2>/dev/null
 
 figures=$(mktemp)
 for i in $(seq 1 "$runs"); do
-  # One filter per run: the test harness applies only the first of several.
+  # One test per invocation, so one that fails does not hide the figures of the others.
   for test in deploys_checkpoints upgrade_takes_a_savepoint a_job_on_several_worker_pods; do
     cargo test -q -p streamjob-testkit --test operator -- --nocapture --test-threads=1 "$test" \
       2>&1 | grep '^\[figures\]' | tee -a "$figures"
