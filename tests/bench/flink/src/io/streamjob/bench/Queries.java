@@ -69,7 +69,7 @@ public final class Queries {
      * q7 highest bid: per tumbling 10 s window the bid(s) with the highest price; first per auction and
      * window (keyed window aggregate keeping ties), then keyed by window.
      */
-    static DataStream<Bid> q7(DataStream<Event> events) {
+    static DataStream<HighestBidLine> q7(DataStream<Event> events) {
         return events.flatMap(new Bids()).name("bids")
                 .keyBy(new BidAuction())
                 .window(TumblingEventTimeWindows.of(Duration.ofMillis(WINDOW_MS)))
@@ -102,6 +102,10 @@ public final class Queries {
         if (record instanceof AuctionCount) {
             AuctionCount c = (AuctionCount) record;
             return c.auction + "," + c.start + "," + c.end + "," + c.count;
+        }
+        if (record instanceof HighestBidLine) {
+            HighestBidLine h = (HighestBidLine) record;
+            return h.bid.line() + "," + h.windowEnd;
         }
         if (record instanceof NewUser) {
             NewUser u = (NewUser) record;
@@ -143,6 +147,14 @@ public final class Queries {
     }
 
     /** A person who opened an auction in a window (q8). */
+    /** A highest bid of its window and the window's end (q7; the line format of ours). */
+    public static class HighestBidLine {
+        public Bid bid;
+        public long windowEnd;
+
+        public HighestBidLine() {}
+    }
+
     public static class NewUser {
         public long id;
         public String name;
@@ -326,7 +338,7 @@ public final class Queries {
     }
 
     /** Keyed by window end: keeps the highest-priced bids over all auctions, emits them at the end. */
-    static final class HighestBid extends KeyedProcessFunction<Long, MaxBids, Bid> {
+    static final class HighestBid extends KeyedProcessFunction<Long, MaxBids, HighestBidLine> {
         private transient ValueState<MaxBids> best;
 
         @Override
@@ -336,7 +348,7 @@ public final class Queries {
         }
 
         @Override
-        public void processElement(MaxBids m, Context ctx, Collector<Bid> out) throws Exception {
+        public void processElement(MaxBids m, Context ctx, Collector<HighestBidLine> out) throws Exception {
             MaxBids current = best.value();
             if (current == null) {
                 ctx.timerService().registerEventTimeTimer(m.end - 1);
@@ -349,9 +361,16 @@ public final class Queries {
         }
 
         @Override
-        public void onTimer(long ts, OnTimerContext ctx, Collector<Bid> out) throws Exception {
+        public void onTimer(long ts, OnTimerContext ctx, Collector<HighestBidLine> out) throws Exception {
             MaxBids m = best.value();
-            if (m != null) for (Bid b : m.bids) out.collect(b);
+            if (m != null) {
+                for (Bid b : m.bids) {
+                    HighestBidLine line = new HighestBidLine();
+                    line.bid = b;
+                    line.windowEnd = m.end;
+                    out.collect(line);
+                }
+            }
             best.clear();
         }
     }

@@ -1,0 +1,36 @@
+#!/usr/bin/env python3
+"""Our side alone: the throughput cost of checkpoints every 1 s, with runs long enough (several
+seconds) for many periodic checkpoints; compare.py's event counts are sized for the Flink side and
+our runs there end before the first periodic checkpoint. Prints a markdown table (medians of 3):
+  tests/bench/checkpoint_cost.py [BINARY]      (default target/release/streamjob)
+"""
+import json, subprocess, tempfile, pathlib, statistics, sys
+BIN = sys.argv[1] if len(sys.argv) > 1 else str(pathlib.Path(__file__).resolve().parents[2] / "target/release/streamjob")
+def run(job, events, interval, p=2):
+    w = pathlib.Path(tempfile.mkdtemp(prefix="ckcost-"))
+    (w/"job.yaml").write_text(f"""apiVersion: streamjob.io/v1alpha1
+kind: StreamJob
+metadata: {{name: ckcost}}
+spec:
+  parallelism: {p}
+  job: {{name: {job}, params: {{events: {events}, sink: discard}}}}
+  checkpoint: {{interval: {interval}}}
+  storage: {{path: {w}/snap}}
+""")
+    subprocess.run([BIN, "run", str(w/"job.yaml"), "--quiet", "--stats-json", str(w/"s.json")], check=True, capture_output=True)
+    s = json.loads((w/"s.json").read_text())
+    subprocess.run(["rm", "-rf", str(w)])
+    d = sorted(c["durationMs"] for c in s["checkpoints"])
+    sz = sorted(c["sizeBytes"] for c in s["checkpoints"])
+    return s["sourceRecords"] / (s["runMillis"] / 1000), len(d), d[len(d)//2] if d else None, d[min(len(d)-1, round(0.99*(len(d)-1)))] if d else None, sz[len(sz)//2] if sz else None
+print("| job | events | p | checkpoints | events/s (median of 3) | checkpoints/run | duration p50 | p99 | size p50 |")
+print("|---|---|---|---|---|---|---|---|---|")
+for job, events in [("nexmark-q0", 200_000_000), ("nexmark-q5", 100_000_000), ("nexmark-q7", 200_000_000), ("nexmark-q8", 100_000_000), ("windowed-count", 100_000_000)]:
+    base = None
+    for interval in ["1h", "1s"]:
+        rs = [run(job, events, interval) for _ in range(3)]
+        eps = statistics.median(r[0] for r in rs)
+        mid = sorted(rs, key=lambda r: r[0])[1]
+        cost = "" if base is None else f" ({(1 - eps/base)*100:+.1f} % cost)"
+        if base is None: base = eps
+        print(f"| {job} | {events:,} | 2 | {'off' if interval=='1h' else '1 s'} | {eps/1e6:.2f} M{cost} | {mid[1]} | {mid[2]} ms | {mid[3]} ms | {mid[4]} B |", flush=True)
