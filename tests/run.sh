@@ -28,6 +28,10 @@ cargo build -q --locked --bin streamjob
 STREAMJOB_BIN="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/streamjob" \
   python3 tests/chaos/chaos.py --seeds 1,2 --kills 25
 
+echo "== chaos: S3 outage (s3s-fs stopped 30 s) and S3 faults (500/503/delays/resets via a proxy), snapshots in S3"
+STREAMJOB_BIN="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/streamjob" \
+  python3 tests/chaos/chaos.py --scenarios s3-outage,s3-faults --seeds 1
+
 echo "== GitOps health check (Argo CD Lua) on its test data"
 bash tests/gitops/test.sh
 
