@@ -168,6 +168,15 @@ def crc32c(data):
     return c ^ 0xFFFFFFFF
 
 
+def longest_stall(samples, every):
+    """Longest time (s) a counter sampled every `every` seconds did not move."""
+    longest = run = 0
+    for a, b in zip(samples, samples[1:]):
+        run = run + 1 if b <= a else 0
+        longest = max(longest, run)
+    return longest * every
+
+
 def parse_snapshot_dir(name):
     """`000003-0000000041` -> (attempt 3, checkpoint 41), else None."""
     m = re.fullmatch(r"(\d+)-(\d+)", name)
@@ -476,7 +485,6 @@ spec:
             self.wait_exit(nxt, 30, "after the check")
             self.pending_since_kill = 0.0
 
-
     # --- S3 scenarios ---------------------------------------------------------------------------
 
     def scan_snapshots(self):
@@ -486,7 +494,7 @@ spec:
         found = {}
         root = self.snap / "checkpoints"
         for d in sorted(root.glob("*")) if root.is_dir() else []:
-            if not any(f.is_file() for f in d.rglob("*")):
+            if parse_snapshot_dir(d.name) is None or not any(f.is_file() for f in d.rglob("*")):
                 continue  # s3s-fs keeps empty folders after deletes; they hold no object
             manifest_file = d / "_manifest.json"
             if not manifest_file.is_file():
@@ -516,7 +524,13 @@ spec:
     def check_restore(self, procs, before, at_least=None):
         """The attempt that just started restored a complete checkpoint (per `before`, the store as it
         was before the attempt), at least checkpoint `at_least`; the worker's log says the same."""
-        s = status(procs[0][1]) or {}
+        for _ in range(10):
+            s = status(procs[0][1])
+            if s is not None:
+                break
+            time.sleep(0.2)
+        else:
+            raise ChaosError(f"attempt {self.attempt}: worker 0's status API does not answer")
         restored = s.get("restoredFrom")
         complete = sorted((parse_snapshot_dir(n)[1], parse_snapshot_dir(n)[0], n)
                           for n, problem in before.items() if problem is None)
@@ -612,6 +626,9 @@ spec:
         failed = during.get("streamjob_checkpoints_failed_total", 0) - before.get("streamjob_checkpoints_failed_total", 0)
         completed = during.get("streamjob_checkpoints_completed_total", 0) - before.get("streamjob_checkpoints_completed_total", 0)
         read = samples[-1] - records_before
+        stall = longest_stall(samples, 0.5)
+        if stall >= 5.0:
+            raise ChaosError(f"the sources of worker 0 stood still for {stall:.1f}s during the S3 outage")
         if failed < 1:
             raise ChaosError(f"no checkpoint failed during a {outage}s S3 outage (metrics: {during})")
         if read < self.rate * outage * 0.2 / self.workers:
@@ -622,8 +639,11 @@ spec:
         resumed = time.monotonic() - back
         log = log_text(self.logs / f"attempt-{self.attempt}-worker-0.log")
         aborted = {int(m) for m in re.findall(r"checkpoint aborted checkpoint_id=(\d+)", log)}
+        if len(aborted) < failed:
+            raise ChaosError(f"/metrics counts {int(failed)} failed checkpoints, the log aborted only {len(aborted)}")
         self.details.append(f"outage {outage}s with tolerableFailures 100000: attempt kept running, worker 0's "
-                            f"sources read {read} records, {int(failed)} checkpoints failed and were aborted, "
+                            f"sources read {read} records (longest stall {stall:.1f}s), {int(failed)} "
+                            f"checkpoints failed (/metrics) and were aborted (log), "
                             f"{int(completed)} completed (in flight at the stop), the newest stayed {settled}; "
                             f"checkpoint {newer} completed {resumed:.1f}s after S3 was back")
         # A kill after the outage: the next attempt restores from S3 a checkpoint that completed.
