@@ -133,7 +133,7 @@ class FaultProxy:
         self.rng = random.Random(f"s3-proxy-{seed}")
         self.lock = threading.Lock()
         self.counts = collections.Counter()
-        self.enabled = True
+        self.enabled = True  # False: forward everything unchanged (faults can be switched off)
         self.listener = socket.create_server(("127.0.0.1", listen_port), backlog=256)
         self.port = self.listener.getsockname()[1]
         self.closed = False
@@ -146,9 +146,9 @@ class FaultProxy:
         return self
 
     def _log(self, request_id, line, kind, status, started):
-        if self.trace:
-            now = time.monotonic()
-            with self.lock:
+        now = time.monotonic()
+        with self.lock:
+            if self.trace:
                 self.trace.write(f"{started - self.epoch:9.3f} {request_id} {kind:<12} {status} "
                                  f"{(now - started) * 1000:7.1f}ms {line}\n")
 
@@ -158,6 +158,10 @@ class FaultProxy:
             self.listener.close()
         except OSError:
             pass
+        if self.trace:
+            with self.lock:
+                self.trace.close()
+                self.trace = None
 
     def faults(self):
         """Faults injected so far by kind (without `pass`)."""
