@@ -75,6 +75,7 @@ import time
 import urllib.request
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+sys.dont_write_bytecode = True  # no __pycache__ next to the scripts
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from s3_proxy import DEFAULT_RATES, FaultProxy  # noqa: E402  (stdlib only, next to this file)
 
@@ -830,7 +831,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, help="one seed (same as --seeds N)")
     ap.add_argument("--seeds", default="1", help="seeds: 1,2,5 or 1-20 (default 1)")
-    ap.add_argument("--kills", type=int, default=25, help="worker kills per kill run (default 25)")
+    ap.add_argument("--kills", type=int, default=25, help="worker kills per kill run (default 25; s3-faults kills kills/5 times, at least 3)")
     ap.add_argument("--workers", type=int, default=2, help="worker processes per attempt (default 2)")
     ap.add_argument("--scenarios", default="kill,zombie,corrupt",
                     help="comma-separated: kill, zombie, corrupt, s3-outage, s3-faults (default kill,zombie,corrupt)")
