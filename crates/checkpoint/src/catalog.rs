@@ -13,7 +13,7 @@ use crate::decide::{
     retention_plan, savepoint_history_plan, select_restore, RestoreDecision, RetentionInput,
     RetentionPlan, SnapshotFacts,
 };
-use crate::layout::{SnapshotDir, SnapshotLayout, MANIFEST_FILE, SHARED};
+use crate::layout::{SnapshotDir, SnapshotLayout, MANIFEST_FILE, SHARED, UNUSABLE_FILE};
 use crate::manifest::{Manifest, ManifestError};
 use crate::state_file::{read_state_file, VerifyError};
 use crate::store::{ObjectInfo, PutOutcome, SnapshotStore, StoreError};
@@ -116,11 +116,19 @@ pub async fn commit_manifest(
             });
         }
     }
-    match store
-        .put_if_absent(&SnapshotLayout::manifest(&dir), Bytes::from(body))
-        .await?
-    {
+    let key = SnapshotLayout::manifest(&dir);
+    let body = Bytes::from(body);
+    match store.put_if_absent(&key, body.clone()).await? {
         PutOutcome::Created => Ok(dir),
+        // The store client retries a PUT whose answer was lost; the retry then finds our own
+        // write. The same bytes (they hold this writer's timestamps and checksums) mean it is ours.
+        PutOutcome::AlreadyExists if store.get(&key).await? == body => {
+            tracing::info!(
+                dir = dir.path(),
+                "the manifest was already written by this commit (a retried request); keeping it"
+            );
+            Ok(dir)
+        }
         PutOutcome::AlreadyExists => Err(CatalogError::ManifestExists {
             location: store.location(&dir.path()),
         }),
@@ -151,18 +159,23 @@ async fn facts_from_listing(
     listing: &[ObjectInfo],
 ) -> Result<Vec<SnapshotFacts>, CatalogError> {
     let sizes: HashMap<&str, u64> = listing.iter().map(|o| (o.key.as_str(), o.size)).collect();
-    let mut dirs: BTreeMap<SnapshotDir, bool> = BTreeMap::new();
+    // Per folder: (has a manifest, carries an unusable marker).
+    let mut dirs: BTreeMap<SnapshotDir, (bool, bool)> = BTreeMap::new();
     for object in listing {
         if let Some(dir) = SnapshotLayout::dir_of_key(&object.key) {
             let is_manifest =
                 object.key.ends_with(MANIFEST_FILE) && object.key == SnapshotLayout::manifest(&dir);
-            *dirs.entry(dir).or_default() |= is_manifest;
+            let is_marker = object.key.ends_with(UNUSABLE_FILE)
+                && object.key == SnapshotLayout::unusable_marker(&dir);
+            let entry = dirs.entry(dir).or_default();
+            entry.0 |= is_manifest;
+            entry.1 |= is_marker;
         }
     }
     futures::stream::iter(dirs)
-        .filter_map(|(dir, has_manifest)| async move {
+        .filter_map(|(dir, flags)| async move {
             match SnapshotLayout::parse_dir_name(dir.kind, &dir.name) {
-                Some((attempt, id)) => Some((dir, attempt, id, has_manifest)),
+                Some((attempt, id)) => Some((dir, attempt, id, flags)),
                 None => {
                     tracing::warn!(
                         dir = dir.path(),
@@ -172,10 +185,12 @@ async fn facts_from_listing(
                 }
             }
         })
-        .map(|(dir, attempt, checkpoint_id, has_manifest)| {
+        .map(|(dir, attempt, checkpoint_id, (has_manifest, marked))| {
             let sizes = &sizes;
             async move {
-                let manifest = if has_manifest {
+                let manifest = if marked {
+                    Err(unusable_reason(store, &dir).await?)
+                } else if has_manifest {
                     check_manifest(store, &dir, attempt, checkpoint_id, sizes).await?
                 } else {
                     Err("no manifest: the snapshot is incomplete or was aborted".to_owned())
@@ -192,6 +207,38 @@ async fn facts_from_listing(
         .buffered(READ_CONCURRENCY)
         .try_collect()
         .await
+}
+
+/// Records that `dir` failed verification (a CRC-32C or size mismatch, a missing file), so that every
+/// later reader — the operator's shallow index too — skips it without downloading it again, and a
+/// restart after a failed restore picks an older snapshot instead of failing the same way forever.
+pub async fn mark_unusable(
+    store: &dyn SnapshotStore,
+    dir: &SnapshotDir,
+    reason: &str,
+) -> Result<(), CatalogError> {
+    store
+        .put(
+            &SnapshotLayout::unusable_marker(dir),
+            Bytes::from(reason.to_owned()),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Why a marked folder is unusable (the marker's text). Outer error: the store failed (retry).
+async fn unusable_reason(
+    store: &dyn SnapshotStore,
+    dir: &SnapshotDir,
+) -> Result<String, CatalogError> {
+    let reason = match store.get(&SnapshotLayout::unusable_marker(dir)).await {
+        Ok(body) => String::from_utf8_lossy(&body).into_owned(),
+        Err(e) if e.is_not_found() => "reason deleted".to_owned(),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(format!(
+        "marked unusable by a restore that failed verification: {reason}"
+    ))
 }
 
 /// Reads the manifest of `dir` and checks it against the folder name and the listed sizes.
@@ -280,6 +327,11 @@ pub async fn find_restore_point(
             Err(e) => {
                 tracing::warn!(dir = chosen.dir, error = %e, "snapshot failed deep verification");
                 let dir = chosen.dir.clone();
+                if let Some((parsed, _, _)) = SnapshotLayout::parse_dir(&dir) {
+                    if let Err(mark) = mark_unusable(store, &parsed, &e.to_string()).await {
+                        tracing::warn!(dir, error = %mark, "could not mark the snapshot unusable");
+                    }
+                }
                 if let Some(facts) = snapshots.iter_mut().find(|s| s.dir == dir) {
                     facts.manifest = Err(e.to_string());
                 }

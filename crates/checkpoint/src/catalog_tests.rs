@@ -93,10 +93,21 @@ async fn complete_snapshot_round_trip() {
             crate::read_state_file(store.as_ref(), file).await.unwrap();
         }
 
-        let again = commit_manifest(store.as_ref(), &written).await.unwrap_err();
+        // A retried commit (its first answer lost) finds its own bytes and succeeds ...
+        commit_manifest(store.as_ref(), &written).await.unwrap();
+        // ... a different manifest for the same folder never replaces the first.
+        let mut other = written.clone();
+        other.duration_ms += 1;
+        let again = commit_manifest(store.as_ref(), &other).await.unwrap_err();
         assert!(
             matches!(again, CatalogError::ManifestExists { .. }),
             "{again}"
+        );
+        assert_eq!(
+            read_manifest(store.as_ref(), &SnapshotLayout::checkpoint_dir(1, 7))
+                .await
+                .unwrap(),
+            written
         );
     })
     .await;
@@ -180,6 +191,8 @@ async fn corrupt_newest_falls_back_and_names_the_file() {
         );
 
         // A truncated file is caught by the shallow check (listing sizes).
+        let newer = write_snapshot(store.as_ref(), SnapshotKind::Checkpoint, 1, 43).await;
+        let victim = newer.files().next().unwrap().clone();
         store
             .put(&victim.key, Bytes::from_static(b"short"))
             .await
@@ -188,7 +201,10 @@ async fn corrupt_newest_falls_back_and_names_the_file() {
             .await
             .unwrap();
         assert_eq!(shallow.chosen.unwrap().checkpoint_id, 41);
-        assert!(shallow.skipped[0].reason.to_string().contains("5 bytes"));
+        assert!(shallow
+            .skipped
+            .iter()
+            .any(|s| s.reason.to_string().contains("5 bytes")));
     })
     .await;
 }
@@ -399,4 +415,56 @@ async fn delete_snapshot_dir_removes_manifest_first_and_everything() {
         "{:?}",
         store.keys()
     );
+}
+
+#[tokio::test]
+async fn a_snapshot_that_failed_deep_verification_stays_skipped_for_shallow_readers() {
+    on_each_store(|store| async move {
+        write_snapshot(store.as_ref(), SnapshotKind::Checkpoint, 1, 41).await;
+        let newest = write_snapshot(store.as_ref(), SnapshotKind::Checkpoint, 1, 42).await;
+        let victim = newest.files().next().unwrap().clone();
+        let mut body = store.get(&victim.key).await.unwrap().to_vec();
+        body[0] ^= 0xff;
+        store.put(&victim.key, Bytes::from(body)).await.unwrap();
+
+        let deep = find_restore_point(store.as_ref(), VerifyLevel::Deep)
+            .await
+            .unwrap();
+        assert_eq!(deep.chosen.unwrap().checkpoint_id, 41);
+
+        // The operator's index reads manifests only: the marker left by the deep check is what
+        // keeps it from handing the corrupt snapshot to the next attempt.
+        let shallow = find_restore_point(store.as_ref(), VerifyLevel::Shallow)
+            .await
+            .unwrap();
+        assert_eq!(shallow.chosen.unwrap().checkpoint_id, 41);
+        let reason = shallow.skipped[0].reason.to_string();
+        assert!(
+            reason.contains("marked unusable") && reason.contains("CRC-32C"),
+            "{reason}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn marking_a_snapshot_unusable_excludes_it_from_the_restore_choice() {
+    on_each_store(|store| async move {
+        write_snapshot(store.as_ref(), SnapshotKind::Checkpoint, 1, 7).await;
+        write_snapshot(store.as_ref(), SnapshotKind::Checkpoint, 1, 8).await;
+        let dir = SnapshotLayout::checkpoint_dir(1, 8);
+        mark_unusable(store.as_ref(), &dir, "state file x has a bad CRC-32C")
+            .await
+            .unwrap();
+        let decision = find_restore_point(store.as_ref(), VerifyLevel::Shallow)
+            .await
+            .unwrap();
+        assert_eq!(decision.chosen.as_ref().unwrap().checkpoint_id, 7);
+        assert!(
+            decision.summary().contains("bad CRC-32C"),
+            "{}",
+            decision.summary()
+        );
+    })
+    .await;
 }

@@ -24,6 +24,8 @@ pub const SHARED: &str = "shared/";
 pub const ATTEMPTS: &str = "attempts/";
 /// File name of a manifest inside a snapshot folder.
 pub const MANIFEST_FILE: &str = "_manifest.json";
+/// File name of the marker a restore leaves in a snapshot folder whose files failed verification.
+pub const UNUSABLE_FILE: &str = "_unusable.txt";
 
 /// Errors of building keys from user-influenced names.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +122,11 @@ impl SnapshotLayout {
     /// The manifest key of `dir`.
     pub fn manifest(dir: &SnapshotDir) -> String {
         format!("{}/{MANIFEST_FILE}", dir.path())
+    }
+
+    /// The key of the marker saying `dir` failed verification on restore (its text is the reason).
+    pub fn unusable_marker(dir: &SnapshotDir) -> String {
+        format!("{}/{UNUSABLE_FILE}", dir.path())
     }
 
     /// The content-addressed key of `content` in `shared/` (SHA-256 and size).

@@ -222,6 +222,11 @@ fn status_of<E>(err: &SdkError<E>) -> Option<u16> {
     err.raw_response().map(|r| r.status().as_u16())
 }
 
+/// Whether a body error (its full display chain) is the SDK's response checksum validation failing.
+fn is_body_checksum_mismatch(detail: &str) -> bool {
+    detail.to_ascii_lowercase().contains("checksum mismatch")
+}
+
 /// Maps an SDK error to a [`StoreError`] carrying the URL and a transient/permanent class.
 fn map_sdk_error<E>(op: &'static str, key: &str, location: &str, err: SdkError<E>) -> StoreError
 where
@@ -291,12 +296,18 @@ impl SnapshotStore for S3Store {
         let mut body = out.body;
         let mut chunks: Vec<Bytes> = Vec::new();
         while let Some(chunk) = body.next().await {
-            chunks.push(chunk.map_err(|e| StoreError::Backend {
-                op: "read",
-                location: location.clone(),
-                status: None,
-                detail: DisplayErrorContext(&e).to_string(),
-                transient: true,
+            chunks.push(chunk.map_err(|e| {
+                let detail = DisplayErrorContext(&e).to_string();
+                StoreError::Backend {
+                    op: "read",
+                    location: location.clone(),
+                    status: None,
+                    // The SDK checks the body against the checksum stored with the object: a
+                    // mismatch means the stored bytes changed (corruption at rest), which no retry
+                    // fixes. Anything else (a reset, a timeout mid-body) may pass on a retry.
+                    transient: !is_body_checksum_mismatch(&detail),
+                    detail,
+                }
             })?);
         }
         // A single-chunk body is returned as is; only a body that arrived in pieces is joined (one copy).

@@ -363,3 +363,46 @@ async fn snapshot_round_trip_and_corruption() {
         "{reason}"
     );
 }
+
+#[tokio::test]
+async fn bytes_changed_on_the_servers_disk_are_corruption_not_a_transient_error() {
+    let server = S3Server::start();
+    let root: Arc<dyn SnapshotStore> = Arc::new(server.store("streamjob").await);
+    let store = job_store(&root, "default", "rot").unwrap();
+    write_checkpoint(store.as_ref(), 1, 1).await;
+    let newest = write_checkpoint(store.as_ref(), 1, 2).await;
+
+    // Flip a byte in the object's file behind the server's back (bit rot, a bad disk): the SDK's
+    // response checksum no longer matches. That must count as corruption, never as "retry later".
+    let victim = newest.files().nth(1).unwrap();
+    let path = server
+        .data
+        .path()
+        .join("root")
+        .join(BUCKET)
+        .join("streamjob/default/rot")
+        .join(&victim.key);
+    let mut body = std::fs::read(&path).unwrap();
+    body[10] ^= 1;
+    std::fs::write(&path, body).unwrap();
+
+    let d = find_restore_point(store.as_ref(), VerifyLevel::Deep)
+        .await
+        .unwrap();
+    assert_eq!(
+        d.chosen.as_ref().unwrap().checkpoint_id,
+        1,
+        "{}",
+        d.summary()
+    );
+    // The deep check left a marker: the operator's manifest-only index skips it as well.
+    let shallow = find_restore_point(store.as_ref(), VerifyLevel::Shallow)
+        .await
+        .unwrap();
+    assert_eq!(shallow.chosen.as_ref().unwrap().checkpoint_id, 1);
+    assert!(
+        shallow.summary().contains("marked unusable"),
+        "{}",
+        shallow.summary()
+    );
+}

@@ -7,6 +7,8 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use futures::stream::{self, StreamExt, TryStreamExt};
+use streamjob_checkpoint::catalog::mark_unusable;
+use streamjob_checkpoint::layout::SnapshotLayout;
 use streamjob_checkpoint::manifest::Manifest;
 use streamjob_checkpoint::state_file::{read_state_file, VerifyError};
 use streamjob_checkpoint::store::SnapshotStore;
@@ -60,7 +62,38 @@ pub struct RestoreData {
 
 impl RestoreData {
     /// Download, verify (size + CRC-32C) and decode every state file of `manifest`.
+    ///
+    /// A file that is missing or fails its checksum marks the whole snapshot unusable in storage
+    /// (see [`mark_unusable`]) before the error is returned: the attempt fails, and the next one —
+    /// whoever picks it, the operator or `--restore latest` — restores an older snapshot.
     pub async fn load(
+        store: Arc<dyn SnapshotStore>,
+        manifest: &Manifest,
+        location: &str,
+    ) -> Result<Self, RestoreError> {
+        let result = Self::download(Arc::clone(&store), manifest, location).await;
+        if let Err(RestoreError::Verify { source, .. }) = &result {
+            if !source.is_transient() {
+                let dir =
+                    SnapshotLayout::dir(manifest.kind, manifest.attempt, manifest.checkpoint_id);
+                match mark_unusable(store.as_ref(), &dir, &source.to_string()).await {
+                    Ok(()) => tracing::warn!(
+                        snapshot = location,
+                        error = %source,
+                        "the snapshot failed verification and is marked unusable; the next attempt restores an older one"
+                    ),
+                    Err(e) => tracing::warn!(
+                        snapshot = location,
+                        error = %e,
+                        "could not mark the snapshot unusable"
+                    ),
+                }
+            }
+        }
+        result
+    }
+
+    async fn download(
         store: Arc<dyn SnapshotStore>,
         manifest: &Manifest,
         location: &str,
