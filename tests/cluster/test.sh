@@ -36,5 +36,11 @@ cargo test -p streamjob-testkit --test cluster -- "$@"
 # pods run is the one `cargo build` (or the workspace tests) produced.
 cargo build -q --bin streamjob
 cargo test -p streamjob-testkit --test operator --test cli -- "$@"
+# Chaos under the operator: the operator SIGKILLed at random points (idle, during a restore, mid-upgrade
+# with savepoint, after a savepoint request, with a corrupted newest checkpoint), worker pods killed;
+# the verifier judges the committed output. Seeded: the same command line reproduces a run.
+if [ $# -eq 0 ]; then
+  python3 tests/chaos/operator_chaos.py --seed 1 --operator-kills 12
+fi
 # The Helm chart rendered without helm, applied to the cluster, RBAC checked, the operator run from it.
 bash tests/chart/test.sh
