@@ -131,11 +131,37 @@ fn three_workers_commit_exactly_the_single_process_output() {
         (1.into(), 3.into())
     );
     assert_eq!(member["attempt"], 1);
+    // Watermark alignment, as each worker reports it while the job runs (and briefly after).
+    let mut pauses = vec![0u64; workers.len()];
+    let mut max_drift_ms = 0i64;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while workers
+        .iter_mut()
+        .any(|w| w.child.try_wait().unwrap().is_none())
+    {
+        assert!(Instant::now() < deadline, "the workers did not finish");
+        for (i, w) in workers.iter().enumerate() {
+            if let Some(s) = status(w.control) {
+                pauses[i] = pauses[i].max(s["alignment"]["pauses"].as_u64().unwrap());
+                max_drift_ms = max_drift_ms.max(s["alignment"]["maxDriftMs"].as_i64().unwrap());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     for w in workers.iter_mut() {
         let code = wait_exit(w, Duration::from_secs(120));
         assert!(code.success(), "a worker failed: {code:?}");
     }
     assert_eq!(output_lines(&dir.join("out")), expected);
+    // Every worker's sources waited for the others' watermarks to arrive over the control links
+    // (until the first report a remote subtask counts as "no watermark yet"), and no source read
+    // beyond the drift (the 1 s window) plus one batch (1,024 events of a subtask with at least one
+    // of the 8 splits: at most 8,192 event indices of 100 µs).
+    assert!(
+        pauses.iter().all(|&p| p > 0),
+        "pauses per worker: {pauses:?}"
+    );
+    assert!(max_drift_ms <= 1_000 + 820, "drift {max_drift_ms} ms");
     // The 4 window subtasks (spread over 3 processes) all acknowledged into one checkpoint.
     assert_eq!(
         most_subtasks_in_a_checkpoint(&dir.join("snap"), "count-per-auction"),

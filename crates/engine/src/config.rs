@@ -13,6 +13,16 @@
 //!     .with_max_concurrent(1);
 //! assert_eq!(checkpoints.max_concurrent, 1);
 //! ```
+//!
+//! and Flink's `WatermarkStrategy.withWatermarkAlignment(group, maxDrift, updateInterval)`:
+//!
+//! ```
+//! use std::time::Duration;
+//! use streamjob_engine::config::WatermarkAlignment;
+//! let alignment = WatermarkAlignment::new("nexmark", Duration::from_secs(10))
+//!     .with_update_interval(Duration::from_millis(200));
+//! assert_eq!(alignment.max_drift_ms(), 10_000);
+//! ```
 
 use std::time::Duration;
 
@@ -108,6 +118,51 @@ impl CheckpointConfig {
     pub fn with_incremental(mut self, incremental: bool) -> Self {
         self.incremental = incremental;
         self
+    }
+}
+
+/// Watermark alignment of a source (Flink FLIP-182): the source subtasks of one group share the
+/// minimum of their watermarks, and a subtask whose watermark is more than `max_drift` ahead of that
+/// minimum stops reading until the others caught up. This bounds how far apart in event time the
+/// inputs of a downstream operator can be, so windows and timers between the slowest and the fastest
+/// source do not pile up in state. It never changes results, only when records are read.
+///
+/// Within one process the minimum is exact (shared atomics); across worker processes each worker
+/// reports its subtasks' watermarks every `update_interval` over the control link, so a subtask may
+/// see the others up to one interval late (the same staleness as Flink's `updateInterval`). A
+/// finished (bounded) source counts as `+inf` and never holds the others back. A source that never
+/// emits watermarks would hold its group back forever: align only event-time sources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatermarkAlignment {
+    /// Sources (of any vertex) with the same group name align with each other.
+    pub group: String,
+    /// How far (event time) a subtask may run ahead of the group's minimum watermark.
+    pub max_drift: Duration,
+    /// How often watermarks travel between worker processes (Flink `updateInterval`).
+    pub update_interval: Duration,
+}
+
+impl WatermarkAlignment {
+    /// Default update interval across processes (Flink's default is 1 s; ours is shorter because
+    /// generators replay event time much faster than wall time).
+    pub const DEFAULT_UPDATE_INTERVAL: Duration = Duration::from_millis(200);
+
+    /// Align with the sources of `group`, at most `max_drift` ahead of the slowest.
+    pub fn new(group: impl Into<String>, max_drift: Duration) -> Self {
+        Self {
+            group: group.into(),
+            max_drift,
+            update_interval: Self::DEFAULT_UPDATE_INTERVAL,
+        }
+    }
+    /// How often watermarks are exchanged between worker processes (at least 1 ms).
+    pub fn with_update_interval(mut self, interval: Duration) -> Self {
+        self.update_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+    /// The drift in event-time milliseconds.
+    pub fn max_drift_ms(&self) -> i64 {
+        i64::try_from(self.max_drift.as_millis()).unwrap_or(i64::MAX)
     }
 }
 

@@ -22,6 +22,7 @@ use crate::restore::{RestoreData, RestoreError, RestoreView};
 use crate::stream::JobGraph;
 use crate::task::{TaskEnv, TaskError, TaskMetrics, Uploader};
 use crate::types::SnapshotType;
+use crate::watermark_alignment::{AlignmentHub, AlignmentSummary};
 
 /// Why an attempt could not start or did not finish.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +95,16 @@ impl JobController {
     /// Live checkpoint facts.
     pub fn progress(&self) -> JobProgress {
         self.progress.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+    /// What watermark alignment did to the source subtasks of this process.
+    pub fn alignment(&self) -> AlignmentSummary {
+        self.metrics.iter().filter(|(_, source, _)| *source).fold(
+            AlignmentSummary::default(),
+            |sum, (_, _, m)| AlignmentSummary {
+                pauses: sum.pauses + m.alignment.pauses(),
+                max_drift_ms: sum.max_drift_ms.max(m.alignment.max_drift_ms()),
+            },
+        )
     }
 }
 
@@ -213,6 +224,25 @@ pub fn start(
     };
     let this_worker = placement.as_ref().map_or(0, |(c, _)| c.worker());
 
+    // Watermark alignment: a slot per aligned source subtask of the whole job (all workers).
+    let hub = Arc::new(AlignmentHub::new(
+        graph
+            .vertices
+            .iter()
+            .enumerate()
+            .filter_map(|(v, vertex)| {
+                let alignment = vertex.alignment.clone().filter(|_| vertex.is_source)?;
+                let tasks = (0..vertex.bodies.len() as u32)
+                    .map(|subtask| TaskId {
+                        vertex: v as u32,
+                        subtask,
+                    })
+                    .collect();
+                Some((alignment, tasks))
+            })
+            .collect(),
+    ));
+
     let mut controls = Vec::new();
     let mut local_controls = HashMap::new();
     let mut remote_tasks = Vec::new();
@@ -261,6 +291,7 @@ pub fn start(
                 mode: config.checkpoints.mode,
                 batch_size: config.batch_size,
                 metrics: Arc::clone(&task_metrics),
+                alignment: hub.source(id),
             };
             controls.push((id, ControlSender::Local(control_tx.clone())));
             local_controls.insert(id, control_tx);
@@ -273,7 +304,12 @@ pub fn start(
         // Another worker's part: the coordinator on worker 0 drives it over the control link.
         Some((cluster, _)) if !cluster.is_coordinator() => {
             let ended = cluster
-                .start_member_links(local_controls, events_rx, Arc::clone(&graph.cancelled))
+                .start_member_links(
+                    local_controls,
+                    events_rx,
+                    Arc::clone(&graph.cancelled),
+                    Arc::clone(&hub),
+                )
                 .map_err(|e| JobError::Cluster(e.to_string()))?;
             let cancelled = Arc::clone(&graph.cancelled);
             std::thread::Builder::new()
@@ -285,7 +321,7 @@ pub fn start(
             let links = match &placement {
                 Some((cluster, _)) => {
                     let (remote, links) = cluster
-                        .start_coordinator_links(&remote_tasks, &events_tx)
+                        .start_coordinator_links(&remote_tasks, &events_tx, Arc::clone(&hub))
                         .map_err(|e| JobError::Cluster(e.to_string()))?;
                     controls.extend(remote);
                     Some(links)

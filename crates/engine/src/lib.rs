@@ -18,6 +18,10 @@
 //! 5. With every acknowledgement in, the coordinator writes the manifest (create-if-absent, last),
 //!    checks no newer attempt fenced it, and notifies "checkpoint complete": two-phase-commit sinks
 //!    commit then.
+//!
+//! Watermark alignment (optional, per source): aligned source subtasks share their watermarks in a
+//! [`watermark_alignment::AlignmentHub`] (across workers: reports over the control links); one that
+//! is more than the group's drift ahead of the slowest pauses reading but keeps serving barriers.
 
 pub mod alignment;
 pub mod cluster;
@@ -37,3 +41,4 @@ pub mod state;
 pub mod stream;
 pub mod task;
 pub mod types;
+pub mod watermark_alignment;

@@ -1,5 +1,6 @@
 //! Sources: the `SourceFunction` trait (replayable from offsets kept in snapshots) and the task loop
-//! that drives a source, injects barriers between batches, and finishes bounded inputs with a final
+//! that drives a source, injects barriers between batches, pauses reading while watermark alignment
+//! says the subtask is too far ahead of its group, and finishes bounded inputs with a final
 //! checkpoint.
 
 use std::time::Duration;
@@ -10,7 +11,13 @@ use crate::control::{CoordinatorEvent, TaskControl};
 use crate::operator::{OperatorContext, OperatorError, OperatorSnapshot, Output};
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::task::{TaskEnv, TaskError};
-use crate::types::{Barrier, EndOfStream, MAX_WATERMARK};
+use crate::types::{Barrier, EndOfStream, MAX_WATERMARK, MIN_WATERMARK};
+use crate::watermark_alignment::{decide, drift, AlignDecision};
+
+/// How long a source paused by watermark alignment waits for control messages before it looks at
+/// the group's minimum again (in one process the minimum moves as the others emit; a bounded wait
+/// instead of a wake-up keeps the sources decoupled and costs about a thousand cheap wake-ups/s).
+const ALIGNMENT_RECHECK: Duration = Duration::from_millis(1);
 
 /// What a poll produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,10 +81,15 @@ pub(crate) fn run_source_task<T: Send + 'static>(
     let mut waiting_on: Option<Barrier> = None;
     // Set when the source is idle: wait this long for control messages before polling again.
     let mut pause: Option<Duration> = None;
+    // Watermark alignment: the last watermark this subtask emitted, and whether it is paused.
+    let mut watermark = MIN_WATERMARK;
+    let mut aligned_pause = false;
     loop {
-        // Control first: barriers are injected between batches.
+        // Control first: barriers are injected between batches (also while paused by alignment).
         let idle = if finished || waiting_on.is_some() {
             Some(Duration::from_millis(200))
+        } else if aligned_pause {
+            Some(ALIGNMENT_RECHECK)
         } else {
             pause.take()
         };
@@ -132,6 +144,25 @@ pub(crate) fn run_source_task<T: Send + 'static>(
         if finished || waiting_on.is_some() {
             continue;
         }
+        // Aligned: read only while within the drift of the group's slowest subtask.
+        let group_min = match &env.alignment {
+            Some(alignment) => {
+                let min = alignment.group_min();
+                match decide(watermark, min, alignment.max_drift_ms()) {
+                    AlignDecision::Read => aligned_pause = false,
+                    AlignDecision::Pause => {
+                        if !aligned_pause {
+                            aligned_pause = true;
+                            env.metrics.alignment.paused();
+                            tracing::trace!(task = %env.id, watermark, group_min = min, "source paused by watermark alignment");
+                        }
+                        continue;
+                    }
+                }
+                Some(min)
+            }
+            None => None,
+        };
         match source.poll(&mut out, env.batch_size).map_err(wrap)? {
             SourceStatus::Ready => {}
             SourceStatus::Idle(wait) => {
@@ -141,7 +172,19 @@ pub(crate) fn run_source_task<T: Send + 'static>(
                 push(&mut out, pipeline.as_mut(), &env)?;
                 pipeline.watermark(MAX_WATERMARK)?;
                 finished = true;
+                if let Some(alignment) = &env.alignment {
+                    alignment.publish(MAX_WATERMARK);
+                }
                 env.send_event(CoordinatorEvent::SourceFinished(env.id));
+            }
+        }
+        if let (Some(alignment), Some(w)) = (&env.alignment, out.watermark) {
+            if w > watermark {
+                watermark = w;
+                alignment.publish(w);
+                if let Some(d) = group_min.and_then(|min| drift(w, min)) {
+                    env.metrics.alignment.observe_drift(d);
+                }
             }
         }
         push(&mut out, pipeline.as_mut(), &env)?;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::cluster::{ChannelKey, ClusterNode};
-use crate::config::JobConfig;
+use crate::config::{JobConfig, WatermarkAlignment};
 use crate::operator::StreamOperator;
 use crate::operators::basic::{BoundedOutOfOrderness, Filter, FlatMap, Map};
 use crate::operators::keyed_process::{KeyedProcessFunction, KeyedProcessOperator};
@@ -31,6 +31,8 @@ type TailFactory<T> = Box<dyn FnMut(u32) -> Box<dyn Pipeline<T>>>;
 pub(crate) struct Vertex {
     pub(crate) name: String,
     pub(crate) is_source: bool,
+    /// Watermark alignment of a source vertex.
+    pub(crate) alignment: Option<WatermarkAlignment>,
     pub(crate) bodies: Vec<TaskBody>,
 }
 
@@ -113,10 +115,17 @@ impl StreamEnv {
         id
     }
 
-    fn add_vertex(&self, name: String, is_source: bool, bodies: Vec<TaskBody>) {
+    fn add_vertex(
+        &self,
+        name: String,
+        is_source: bool,
+        alignment: Option<WatermarkAlignment>,
+        bodies: Vec<TaskBody>,
+    ) {
         self.graph.borrow_mut().vertices.push(Vertex {
             name,
             is_source,
+            alignment,
             bodies,
         });
     }
@@ -125,6 +134,18 @@ impl StreamEnv {
     pub fn source<T: Data>(
         &self,
         uid: &str,
+        factory: impl Fn(u32) -> Box<dyn SourceFunction<T>> + 'static,
+    ) -> DataStream<T> {
+        self.source_with_alignment(uid, None, factory)
+    }
+
+    /// A parallel source whose subtasks take part in watermark alignment (Flink
+    /// `fromSource(source, WatermarkStrategy...withWatermarkAlignment(group, maxDrift,
+    /// updateInterval), name)`); `None` is [`StreamEnv::source`].
+    pub fn source_with_alignment<T: Data>(
+        &self,
+        uid: &str,
+        alignment: Option<WatermarkAlignment>,
         factory: impl Fn(u32) -> Box<dyn SourceFunction<T>> + 'static,
     ) -> DataStream<T> {
         let id = self.register(uid);
@@ -143,7 +164,7 @@ impl StreamEnv {
                         }) as TaskBody
                     })
                     .collect();
-                close_env.add_vertex(format!("source:{id}"), true, bodies);
+                close_env.add_vertex(format!("source:{id}"), true, alignment, bodies);
             }),
         }
     }
@@ -284,7 +305,7 @@ impl<T: Data> DataStream<T> {
                         Box::new(move |env: TaskEnv| run_task(inputs, pipeline, env)) as TaskBody
                     })
                     .collect();
-                close_env.add_vertex(name, false, bodies);
+                close_env.add_vertex(name, false, None, bodies);
             }),
         }
     }

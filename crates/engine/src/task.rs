@@ -19,6 +19,7 @@ use crate::operator::{OperatorContext, OperatorSnapshot};
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::restore::RestoreView;
 use crate::types::{Barrier, EndOfStream, Message, SnapshotType, Timestamp, MIN_WATERMARK};
+use crate::watermark_alignment::{AlignmentStats, SourceAlignment};
 
 /// Why a task stopped before its input ended.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,8 @@ pub enum TaskError {
 #[derive(Debug, Default)]
 pub struct TaskMetrics {
     records: AtomicU64,
+    /// Watermark alignment of an aligned source (untouched elsewhere).
+    pub alignment: AlignmentStats,
 }
 
 impl TaskMetrics {
@@ -81,6 +84,8 @@ pub struct TaskEnv {
     pub batch_size: usize,
     /// Counters.
     pub metrics: Arc<TaskMetrics>,
+    /// Watermark alignment of a source subtask in an alignment group.
+    pub alignment: Option<SourceAlignment>,
 }
 
 impl TaskEnv {
@@ -99,6 +104,7 @@ impl TaskEnv {
             SnapshotType::Savepoint { .. } => SnapshotKind::Savepoint,
         };
         let dir = SnapshotLayout::dir(kind, self.uploader.attempt, barrier.id);
+        let started = std::time::Instant::now();
         let mut encoded = Vec::with_capacity(snapshots.len());
         for (operator_id, snapshot) in snapshots {
             match bincode::serialize(&snapshot) {
@@ -123,6 +129,13 @@ impl TaskEnv {
                 }
             }
         }
+        tracing::debug!(
+            task = %task,
+            checkpoint_id = barrier.id,
+            bytes = encoded.iter().map(|(_, _, b)| b.len()).sum::<usize>(),
+            encode_us = started.elapsed().as_micros() as u64,
+            "snapshot encoded on the task thread"
+        );
         let store = Arc::clone(&self.uploader.store);
         self.uploader.runtime.spawn(async move {
             let mut files = Vec::with_capacity(encoded.len());

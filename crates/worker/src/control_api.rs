@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use streamjob_engine::coordinator::CompletedSnapshot;
 use streamjob_engine::job::JobController;
 use streamjob_engine::types::SnapshotType;
+use streamjob_engine::watermark_alignment::AlignmentSummary;
 
 /// Lifecycle of the job in this worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -95,6 +96,8 @@ pub struct StatusReport {
     pub last_savepoint: Option<SnapshotReport>,
     /// Records read by the sources.
     pub source_records: u64,
+    /// What watermark alignment did to this worker's source subtasks.
+    pub alignment: AlignmentSummary,
     /// Why the attempt failed, when it did.
     pub failure: Option<String>,
 }
@@ -121,6 +124,8 @@ pub struct ControlState {
     pub failure: Mutex<Option<String>>,
     /// Last snapshot seen after the job ended (kept for status).
     pub final_progress: Mutex<Option<streamjob_engine::coordinator::JobProgress>>,
+    /// Watermark alignment when the job ended (kept for status).
+    pub final_alignment: Mutex<AlignmentSummary>,
 }
 
 impl ControlState {
@@ -143,7 +148,11 @@ impl ControlState {
             last_savepoint: progress
                 .as_ref()
                 .and_then(|p| p.last_savepoint.as_ref().map(SnapshotReport::from)),
-            source_records: controller.map_or(0, |c| c.source_records()),
+            source_records: controller.as_ref().map_or(0, |c| c.source_records()),
+            alignment: match &controller {
+                Some(c) => c.alignment(),
+                None => self.final_alignment.lock().map(|a| *a).unwrap_or_default(),
+            },
             failure: self.failure.lock().ok().and_then(|f| f.clone()),
         }
     }
@@ -292,6 +301,20 @@ async fn metrics(State(state): State<Arc<ControlState>>) -> Response {
         "checkpoints_failed",
         "Checkpoints failed or aborted in this attempt",
         failed,
+    );
+    let pauses: Counter = Counter::default();
+    pauses.inc_by(status.alignment.pauses);
+    registry.register(
+        "source_alignment_pauses",
+        "Times a source subtask paused because its watermark was too far ahead of its alignment group",
+        pauses,
+    );
+    let drift: Gauge = Gauge::default();
+    drift.set(status.alignment.max_drift_ms);
+    registry.register(
+        "source_watermark_drift_max_milliseconds",
+        "Largest event-time distance of a source subtask's watermark ahead of its alignment group",
+        drift,
     );
     let attempt: Gauge = Gauge::default();
     attempt.set(status.attempt as i64);

@@ -1,12 +1,23 @@
 //! Built-in jobs, runnable by name with parameters (`spec.job.name`, `spec.job.params`).
 //! Parameters are validated before anything runs; unknown names and bad values are clear errors.
 //! This file holds the parameters and the name -> job table; the larger jobs live in `jobs/`.
+//!
+//! The event-time jobs (`windowed-count`, `nexmark-q5`, `q7`, `q8`) align the watermarks of their
+//! source subtasks (Flink's watermark alignment): a subtask more than `max-drift` of event time ahead
+//! of the slowest one pauses until it caught up. Without it, source subtasks that run at different
+//! speeds (they do: threads share cores) drift apart, the downstream watermark is the slowest one's,
+//! and every window between the slowest and the fastest stays in state, growing with the run. The
+//! default drift is the job's `window`: then at most about one window per key more is open than in a
+//! run with a single source subtask, while the sources still run free within a whole window (a
+//! smaller drift saves little state, since one window per key is open anyway, and pauses more).
+//! `max-drift: off` disables alignment. Results never depend on it.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use streamjob_engine::config::WatermarkAlignment;
 use streamjob_engine::connectors::file_sink::FileSink;
 use streamjob_engine::connectors::nexmark::{Event, NexmarkConfig, NexmarkSource};
 use streamjob_engine::operators::window::{Count, WindowAssigner, WindowResult};
@@ -198,6 +209,25 @@ impl JobParams {
     }
 }
 
+/// Watermark alignment group of the Nexmark source.
+const ALIGNMENT_GROUP: &str = "nexmark";
+
+/// `max-drift`: a duration, or `off`; `default_ms` (the job's window) when absent.
+fn alignment(
+    params: &JobParams,
+    default_ms: i64,
+) -> Result<Option<WatermarkAlignment>, JobSpecError> {
+    let drift_ms = match params.values.get("max-drift").map(|v| v.trim()) {
+        Some("off") => return Ok(None),
+        Some(_) => params.duration_ms("max-drift")?.unwrap_or(default_ms),
+        None => default_ms,
+    };
+    Ok(Some(WatermarkAlignment::new(
+        ALIGNMENT_GROUP,
+        std::time::Duration::from_millis(drift_ms.max(0) as u64),
+    )))
+}
+
 /// Source parameters shared by the generator jobs (`events`, `rate`, `splits`).
 struct SourceParams {
     events: Option<u64>,
@@ -252,11 +282,20 @@ pub fn build_with_fault(
     let parallelism = env.config().parallelism;
     match params.job.as_str() {
         "windowed-count" => {
-            params.check_known(&["events", "rate", "splits", "window", "output", "sink"])?;
+            params.check_known(&[
+                "events",
+                "rate",
+                "splits",
+                "window",
+                "max-drift",
+                "output",
+                "sink",
+            ])?;
             let source = source_params(params, parallelism)?;
             let window = params.duration_ms_or("window", 10_000)?;
+            let aligned = alignment(params, window)?;
             let output = params.output()?;
-            windowed_count(env, source, window, output);
+            windowed_count(env, source, aligned, window, output);
             Ok(())
         }
         "nexmark-q0" | "nexmark-q1" | "nexmark-q2" => {
@@ -268,7 +307,14 @@ pub fn build_with_fault(
         }
         "nexmark-q5" => {
             params.check_known(&[
-                "events", "rate", "splits", "window", "slide", "output", "sink",
+                "events",
+                "rate",
+                "splits",
+                "window",
+                "slide",
+                "max-drift",
+                "output",
+                "sink",
             ])?;
             let source = source_params(params, parallelism)?;
             let window = params.duration_ms_or("window", 10_000)?;
@@ -281,17 +327,27 @@ pub fn build_with_fault(
                     ),
                 ));
             }
+            let aligned = alignment(params, window)?;
             let output = params.output()?;
-            let events = inject(nexmark_source(env, source), fault);
+            let events = inject(nexmark_source(env, source, aligned), fault);
             hot_items::build(events, window, slide, output);
             Ok(())
         }
         "nexmark-q7" | "nexmark-q8" => {
-            params.check_known(&["events", "rate", "splits", "window", "output", "sink"])?;
+            params.check_known(&[
+                "events",
+                "rate",
+                "splits",
+                "window",
+                "max-drift",
+                "output",
+                "sink",
+            ])?;
             let source = source_params(params, parallelism)?;
             let window = params.duration_ms_or("window", 10_000)?;
+            let aligned = alignment(params, window)?;
             let output = params.output()?;
-            let events = inject(nexmark_source(env, source), fault);
+            let events = inject(nexmark_source(env, source, aligned), fault);
             if params.job == "nexmark-q7" {
                 highest_bid::build(events, window, output);
             } else {
@@ -353,8 +409,12 @@ fn inject<T: Data>(stream: DataStream<T>, fault: Option<FaultHook>) -> DataStrea
     }
 }
 
-fn nexmark_source(env: &StreamEnv, p: SourceParams) -> DataStream<Event> {
-    env.source("nexmark", move |_| {
+fn nexmark_source(
+    env: &StreamEnv,
+    p: SourceParams,
+    alignment: Option<WatermarkAlignment>,
+) -> DataStream<Event> {
+    env.source_with_alignment("nexmark", alignment, move |_| {
         Box::new(NexmarkSource::new(
             NexmarkConfig::default(),
             p.events,
@@ -365,8 +425,14 @@ fn nexmark_source(env: &StreamEnv, p: SourceParams) -> DataStream<Event> {
 }
 
 /// Nexmark bids -> count per auction per tumbling event-time window -> exactly-once file sink.
-fn windowed_count(env: &StreamEnv, source: SourceParams, window_ms: i64, output: ResultSink) {
-    nexmark_source(env, source)
+fn windowed_count(
+    env: &StreamEnv,
+    source: SourceParams,
+    alignment: Option<WatermarkAlignment>,
+    window_ms: i64,
+    output: ResultSink,
+) {
+    nexmark_source(env, source, alignment)
         .flat_map("bids", |e: Event| match e {
             Event::Bid(b) => Some(b),
             _ => None,
@@ -383,7 +449,7 @@ fn windowed_count(env: &StreamEnv, source: SourceParams, window_ms: i64, output:
 
 /// Nexmark q0 (pass-through), q1 (currency conversion), q2 (selection) on bids.
 fn nexmark_simple(env: &StreamEnv, query: &str, source: SourceParams, output: ResultSink) {
-    let bids = nexmark_source(env, source).flat_map("bids", |e: Event| match e {
+    let bids = nexmark_source(env, source, None).flat_map("bids", |e: Event| match e {
         Event::Bid(b) => Some(b),
         _ => None,
     });

@@ -214,6 +214,8 @@ pub struct RunStats {
     pub input_millis: Option<u64>,
     /// Completed snapshots of the last attempt, in completion order.
     pub checkpoints: Vec<CheckpointStat>,
+    /// What watermark alignment did to the sources of the last attempt.
+    pub alignment: streamjob_engine::watermark_alignment::AlignmentSummary,
 }
 
 /// One completed snapshot.
@@ -349,6 +351,7 @@ pub fn run_with_stats(job: LocalJob, progress: bool) -> Result<(RunOutcome, RunS
     if let Some(c) = controller.take() {
         let p = c.progress();
         stats.source_records = c.source_records();
+        stats.alignment = c.alignment();
         if let Some(started) = p.run_started {
             stats.run_millis = p
                 .run_ended

@@ -130,6 +130,7 @@ pub fn run_worker(options: WorkerOptions) -> Result<WorkerExit, WorkerError> {
         state: Mutex::new(RunState::Starting),
         failure: Mutex::new(None),
         final_progress: Mutex::new(None),
+        final_alignment: Mutex::new(Default::default()),
     });
 
     // The control API answers health checks while the attempt forms and restores.
@@ -237,6 +238,18 @@ pub fn run_worker(options: WorkerOptions) -> Result<WorkerExit, WorkerError> {
     let progress = handle.progress();
     if let Ok(mut p) = state.final_progress.lock() {
         *p = Some(progress);
+    }
+    let alignment = handle.controller().alignment();
+    if let Ok(mut a) = state.final_alignment.lock() {
+        *a = alignment;
+    }
+    if alignment.pauses > 0 {
+        tracing::info!(
+            attempt,
+            pauses = alignment.pauses,
+            max_drift_ms = alignment.max_drift_ms,
+            "watermark alignment paused source subtasks"
+        );
     }
     if let Ok(mut c) = state.controller.lock() {
         *c = None;

@@ -3,6 +3,11 @@
 //! complete/aborted, cancel) and, at the end, how the attempt ended; the workers send back their
 //! tasks' events (acknowledgements with the uploaded files, declines, finished, failed). A link that
 //! breaks ends the attempt on both sides.
+//!
+//! Watermark alignment rides on the same links: every `update_interval` each worker reports the
+//! watermarks of its aligned source subtasks to worker 0, and worker 0 sends every worker the whole
+//! table (its own subtasks and what the others reported), so each process sees every subtask of a
+//! group at most about two intervals late.
 
 use std::collections::HashMap;
 use std::net::{Shutdown, TcpStream};
@@ -10,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{unbounded, Receiver, Sender};
+use crossbeam_channel::{never, select, tick, unbounded, Receiver, Sender};
 use serde::{Deserialize, Serialize};
 use streamjob_checkpoint::manifest::Manifest;
 
@@ -19,6 +24,8 @@ use super::wire::{read_json, write_json};
 use super::ClusterError;
 use crate::control::{ControlSender, CoordinatorEvent, TaskAck, TaskControl, TaskId};
 use crate::coordinator::{AttemptEnd, CoordinatorError};
+use crate::types::Timestamp;
+use crate::watermark_alignment::AlignmentHub;
 
 /// The links a formed node holds until the attempt starts.
 pub(crate) enum Links {
@@ -43,6 +50,10 @@ pub(crate) enum ToMember {
     Control { task: TaskId, control: TaskControl },
     /// The attempt ended (the error text when it failed).
     Ended { result: Result<AttemptEnd, String> },
+    /// The watermarks of every aligned source subtask, as worker 0 knows them.
+    Watermarks {
+        watermarks: Vec<(TaskId, Timestamp)>,
+    },
 }
 
 /// Worker -> worker 0: its tasks' events.
@@ -59,6 +70,10 @@ pub(crate) enum ToCoordinator {
     TaskFailed {
         task: TaskId,
         reason: String,
+    },
+    /// The watermarks of the worker's aligned source subtasks.
+    Watermarks {
+        watermarks: Vec<(TaskId, Timestamp)>,
     },
 }
 
@@ -84,8 +99,8 @@ impl ToCoordinator {
         })
     }
 
-    fn into_event(self) -> CoordinatorEvent {
-        match self {
+    fn into_event(self) -> Option<CoordinatorEvent> {
+        Some(match self {
             ToCoordinator::Ack(ack) => CoordinatorEvent::Ack(ack),
             ToCoordinator::Declined {
                 checkpoint_id,
@@ -101,7 +116,8 @@ impl ToCoordinator {
             ToCoordinator::TaskFailed { task, reason } => {
                 CoordinatorEvent::TaskFailed { task, reason }
             }
-        }
+            ToCoordinator::Watermarks { .. } => return None,
+        })
     }
 }
 
@@ -114,7 +130,7 @@ pub(crate) struct MemberLinks {
 
 impl MemberLinks {
     /// Tell every worker how the attempt ended and wait (briefly) until it was written.
-    pub(crate) fn end_attempt(self, result: &Result<AttemptEnd, CoordinatorError>) {
+    pub(crate) fn end_attempt(mut self, result: &Result<AttemptEnd, CoordinatorError>) {
         self.ended.store(true, Ordering::SeqCst);
         let result = match result {
             Ok(end) => Ok(end.clone()),
@@ -125,10 +141,17 @@ impl MemberLinks {
                 result: result.clone(),
             });
         }
-        drop(self.outs);
+        self.outs.clear();
         for done in &self.writers_done {
             let _ = done.recv_timeout(Duration::from_secs(2));
         }
+    }
+}
+
+impl Drop for MemberLinks {
+    fn drop(&mut self) {
+        // Also stops the watermark broadcast, which holds its own senders to the writers.
+        self.ended.store(true, Ordering::SeqCst);
     }
 }
 
@@ -139,6 +162,7 @@ impl ClusterNode {
         &self,
         remote: &[(TaskId, u32)],
         events: &Sender<CoordinatorEvent>,
+        hub: Arc<AlignmentHub>,
     ) -> Result<(HashMap<TaskId, ControlSender>, MemberLinks), ClusterError> {
         let Some(Links::Coordinator { members }) = self.take_links() else {
             return Err(ClusterError::Layout(
@@ -170,9 +194,12 @@ impl ClusterNode {
                 });
             let events = events.clone();
             let link_ended = Arc::clone(&ended);
+            let link_hub = Arc::clone(&hub);
             std::thread::Builder::new()
                 .name(format!("link-in-{worker}"))
-                .spawn(move || read_member(reader, worker, first_task, &events, &link_ended))?;
+                .spawn(move || {
+                    read_member(reader, worker, first_task, &events, &link_ended, &link_hub)
+                })?;
             for (task, _) in remote.iter().filter(|(_, w)| *w == worker) {
                 let out = out_tx.clone();
                 let task = *task;
@@ -183,6 +210,13 @@ impl ClusterNode {
             }
             outs.push(out_tx);
             writers_done.push(done_rx);
+        }
+        if let Some(interval) = hub.update_interval() {
+            let outs = outs.clone();
+            let ended = Arc::clone(&ended);
+            std::thread::Builder::new()
+                .name("align-broadcast".into())
+                .spawn(move || broadcast_watermarks(&hub, interval, &outs, &ended))?;
         }
         Ok((
             senders,
@@ -202,6 +236,7 @@ impl ClusterNode {
         local: HashMap<TaskId, Sender<TaskControl>>,
         events: Receiver<CoordinatorEvent>,
         cancelled: Arc<AtomicBool>,
+        hub: Arc<AlignmentHub>,
     ) -> Result<Receiver<Result<AttemptEnd, String>>, ClusterError> {
         let Some(Links::Member { coordinator }) = self.take_links() else {
             return Err(ClusterError::Layout(
@@ -209,14 +244,15 @@ impl ClusterNode {
             ));
         };
         let writer = coordinator.try_clone()?;
+        let writer_hub = Arc::clone(&hub);
         std::thread::Builder::new()
             .name("link-out".into())
-            .spawn(move || forward_events(writer, &events))?;
+            .spawn(move || forward_events(writer, &events, &writer_hub))?;
         let (end_tx, end_rx) = crossbeam_channel::bounded(1);
         std::thread::Builder::new()
             .name("link-in".into())
             .spawn(move || {
-                let result = read_coordinator(coordinator, &local);
+                let result = read_coordinator(coordinator, &local, &hub);
                 if result.is_err() {
                     cancelled.store(true, Ordering::SeqCst);
                     for control in local.values() {
@@ -253,12 +289,16 @@ fn read_member(
     first_task: TaskId,
     events: &Sender<CoordinatorEvent>,
     ended: &AtomicBool,
+    hub: &AlignmentHub,
 ) {
     let why = loop {
         match read_json::<ToCoordinator>(&mut stream) {
+            Ok(Some(ToCoordinator::Watermarks { watermarks })) => hub.apply(&watermarks),
             Ok(Some(message)) => {
-                if events.send(message.into_event()).is_err() {
-                    return;
+                if let Some(event) = message.into_event() {
+                    if events.send(event).is_err() {
+                        return;
+                    }
                 }
             }
             Ok(None) => break "closed its control link".to_string(),
@@ -274,8 +314,53 @@ fn read_member(
     }
 }
 
-fn forward_events(mut stream: TcpStream, events: &Receiver<CoordinatorEvent>) {
-    while let Ok(event) = events.recv() {
+/// Worker 0: every `interval`, send every worker the watermark table, until the attempt ended.
+fn broadcast_watermarks(
+    hub: &AlignmentHub,
+    interval: Duration,
+    outs: &[Sender<ToMember>],
+    ended: &AtomicBool,
+) {
+    loop {
+        std::thread::sleep(interval);
+        if ended.load(Ordering::SeqCst) {
+            return;
+        }
+        let watermarks = hub.watermarks();
+        let mut delivered = false;
+        for out in outs {
+            delivered |= out
+                .send(ToMember::Watermarks {
+                    watermarks: watermarks.clone(),
+                })
+                .is_ok();
+        }
+        if !delivered {
+            return;
+        }
+    }
+}
+
+/// Other workers: forward the tasks' events and, every update interval, the local watermarks.
+fn forward_events(mut stream: TcpStream, events: &Receiver<CoordinatorEvent>, hub: &AlignmentHub) {
+    let ticks = hub.update_interval().map_or_else(never, tick);
+    loop {
+        let event = select! {
+            recv(events) -> event => match event {
+                Ok(event) => event,
+                Err(_) => return,
+            },
+            recv(ticks) -> _ => {
+                let report = ToCoordinator::Watermarks {
+                    watermarks: hub.watermarks(),
+                };
+                if let Err(e) = write_json(&mut stream, &report) {
+                    tracing::warn!(error = %e, "control link to the coordinator broke");
+                    return;
+                }
+                continue;
+            }
+        };
         match ToCoordinator::from_event(event) {
             Ok(message) => {
                 if let Err(e) = write_json(&mut stream, &message) {
@@ -297,9 +382,11 @@ fn forward_events(mut stream: TcpStream, events: &Receiver<CoordinatorEvent>) {
 fn read_coordinator(
     mut stream: TcpStream,
     local: &HashMap<TaskId, Sender<TaskControl>>,
+    hub: &AlignmentHub,
 ) -> Result<AttemptEnd, String> {
     loop {
         match read_json::<ToMember>(&mut stream) {
+            Ok(Some(ToMember::Watermarks { watermarks })) => hub.apply(&watermarks),
             Ok(Some(ToMember::Control { task, control })) => {
                 if let Some(tx) = local.get(&task) {
                     let _ = tx.send(control);
