@@ -75,6 +75,9 @@ pub struct LocalJob {
     pub params: JobParams,
     /// Snapshot storage URL (job root).
     pub storage_url: String,
+    /// S3 settings from `spec.storage.s3` (endpoint, region, path style); the environment fills in
+    /// what the spec leaves out, credentials included.
+    pub s3: S3Options,
     /// Restart behaviour.
     pub runner: RunnerOptions,
 }
@@ -166,8 +169,26 @@ pub fn prepare_job(job: &StreamJob, options: &LocalOptions) -> Result<LocalJob, 
         config,
         params,
         storage_url,
+        s3: spec
+            .storage
+            .s3
+            .as_ref()
+            .map(s3_settings)
+            .unwrap_or_default(),
         runner,
     })
+}
+
+/// The S3 client settings a manifest's `storage.s3` gives (no credentials: those come from the
+/// environment, where the operator puts the job's Secret, or the standard AWS chain).
+pub fn s3_settings(s3: &streamjob_api::v1alpha1::S3StorageSpec) -> S3Options {
+    S3Options {
+        endpoint: s3.endpoint.clone(),
+        region: s3.region.clone(),
+        // `false` is also the field's default: leave it to S3_FORCE_PATH_STYLE then.
+        force_path_style: s3.force_path_style.then_some(true),
+        ..S3Options::default()
+    }
 }
 
 /// `--from` may be a full URL/path under the storage root or a folder relative to it.
@@ -246,7 +267,7 @@ pub fn run_with_stats(job: LocalJob, progress: bool) -> Result<(RunOutcome, RunS
     let store = runtime
         .block_on(open_store(
             &job.storage_url,
-            S3Options::default().with_env_defaults(),
+            job.s3.clone().with_env_defaults(),
         ))
         .map_err(|e| LocalError::Storage {
             url: job.storage_url.clone(),

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use streamjob_checkpoint::catalog::VerifyLevel;
-use streamjob_checkpoint::url::{open_store, S3Options};
+use streamjob_checkpoint::url::open_store;
 use streamjob_engine::cluster::{ClusterBinding, ClusterError, ClusterSpec};
 use streamjob_engine::coordinator::AttemptEnd;
 use streamjob_engine::job::{self, AttemptSpec};
@@ -109,7 +109,7 @@ pub fn run_worker(options: WorkerOptions) -> Result<WorkerExit, WorkerError> {
     let store = runtime
         .block_on(open_store(
             &prepared.storage_url,
-            S3Options::default().with_env_defaults(),
+            prepared.s3.clone().with_env_defaults(),
         ))
         .map_err(|e| WorkerError::Storage {
             url: prepared.storage_url.clone(),

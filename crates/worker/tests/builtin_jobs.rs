@@ -315,3 +315,28 @@ fn every_example_manifest_names_a_built_in_job_with_valid_parameters() {
         assert!(checked.iter().any(|j| j == job), "no example runs {job}");
     }
 }
+
+#[test]
+fn local_mode_takes_the_s3_endpoint_region_and_path_style_from_the_manifest() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../manifests/examples/windowed-count-s3.yaml");
+    let options = streamjob_worker::local::LocalOptions {
+        manifest: path,
+        ..Default::default()
+    };
+    let job = streamjob_worker::local::prepare(&options).unwrap();
+    assert!(
+        job.storage_url
+            .starts_with("s3://streamjob-snapshots/prod/"),
+        "{}",
+        job.storage_url
+    );
+    assert_eq!(
+        job.s3.endpoint.as_deref(),
+        Some("http://minio.storage:9000")
+    );
+    assert_eq!(job.s3.region.as_deref(), Some("us-east-1"));
+    assert_eq!(job.s3.force_path_style, Some(true));
+    // Credentials are never in the manifest: the environment (the operator's Secret) gives them.
+    assert_eq!(job.s3.access_key_id, None);
+}
