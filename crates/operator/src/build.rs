@@ -362,7 +362,13 @@ pub fn build(
 
     // The user's pod template: metadata is merged, pod-level settings fill what is unset, the
     // `worker` container contributes env, volume mounts and resources, other containers are added.
-    if let Some(template) = &spec.pod_template {
+    let template = spec
+        .pod_template
+        .as_ref()
+        .map(|t| t.parse())
+        .transpose()
+        .map_err(|e| BuildError::Render(format!("spec.podTemplate is not a pod template: {e}")))?;
+    if let Some(template) = &template {
         if let Some(tm) = &template.metadata {
             if let Some(extra) = &tm.labels {
                 let labels = pod_meta.labels.get_or_insert_with(BTreeMap::new);
@@ -466,7 +472,9 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use streamjob_api::v1alpha1::{CredentialsSecretRef, S3StorageSpec, StreamJobSpec};
+    use streamjob_api::v1alpha1::{
+        CredentialsSecretRef, PodTemplate, S3StorageSpec, StreamJobSpec,
+    };
 
     fn job() -> StreamJob {
         let mut job = StreamJob::new(
@@ -566,13 +574,13 @@ mod tests {
             }),
             ..S3StorageSpec::default()
         });
-        j.spec.pod_template = Some(serde_json::from_value(serde_json::json!({
+        j.spec.pod_template = Some(PodTemplate(serde_json::json!({
             "metadata": {"labels": {"team": "a", "streamjob.io/job": "spoofed"}},
             "spec": {"nodeSelector": {"disk": "ssd"}, "containers": [
                 {"name": "worker", "env": [{"name": "EXTRA", "value": "1"}, {"name": "STREAMJOB_CONTROL_TOKEN", "value": "x"}]},
                 {"name": "sidecar", "image": "busybox"}
             ]}
-        })).unwrap());
+        })));
         let pod = build(&j, &plan(), "t").unwrap().pods.remove(0);
         let labels = pod.metadata.labels.as_ref().unwrap();
         assert_eq!(labels["team"], "a");

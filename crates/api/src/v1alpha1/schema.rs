@@ -12,3 +12,18 @@ pub fn preserve_unknown_object(_: &mut SchemaGenerator) -> Schema {
         "description": "A pod template merged into every worker pod (labels, annotations, node selector, tolerations, extra env, sidecars...). The worker container is the one named `worker`."
     })
 }
+
+/// `spec.job.params`: strings or integers, the integers bounded to 32 bits so that every value the API
+/// server accepts can be read back (a larger number would make the whole StreamJob unreadable to the
+/// operator and its watch). `minimum`/`maximum` apply to numbers only, `maxLength` to strings only.
+pub fn job_params(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "additionalProperties": {
+            "x-kubernetes-int-or-string": true,
+            "minimum": i32::MIN,
+            "maximum": i32::MAX,
+            "maxLength": 4096
+        }
+    })
+}

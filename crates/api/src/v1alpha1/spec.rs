@@ -165,13 +165,40 @@ pub struct StreamJobSpec {
     /// extra env, sidecars...). The worker container is the one named `worker`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::v1alpha1::schema::preserve_unknown_object")]
-    pub pod_template: Option<PodTemplateSpec>,
+    pub pod_template: Option<PodTemplate>,
 
     /// Service account of the worker pods. Workers need no Kubernetes API access; set this only for
     /// cloud identity (for example IRSA for S3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub service_account_name: Option<String>,
+}
+
+/// A pod template as the user wrote it, kept as JSON: the schema cannot check it (see `podTemplate`),
+/// so whatever the API server stored must still be readable, and a template that is not a valid
+/// `PodTemplateSpec` is reported by the operator's validation instead of making the whole StreamJob
+/// unreadable.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(transparent)]
+pub struct PodTemplate(pub serde_json::Value);
+
+impl PodTemplate {
+    /// The template as a `PodTemplateSpec`, or why it is not one.
+    pub fn parse(&self) -> Result<PodTemplateSpec, serde_json::Error> {
+        PodTemplateSpec::deserialize(&self.0)
+    }
+}
+
+impl Default for PodTemplate {
+    fn default() -> Self {
+        Self(serde_json::Value::Object(serde_json::Map::new()))
+    }
+}
+
+impl From<PodTemplateSpec> for PodTemplate {
+    fn from(template: PodTemplateSpec) -> Self {
+        Self(serde_json::to_value(template).unwrap_or_default())
+    }
 }
 
 /// Which job the workers run.
@@ -185,8 +212,10 @@ pub struct JobSpec {
     #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9-]{0,62}$"))]
     pub name: Option<String>,
 
-    /// Parameters of the job, by name (strings or integers), for example `events: 1000000`.
+    /// Parameters of the job, by name (strings or 32-bit integers), for example `events: 1000000`.
+    /// Write larger numbers as strings (`events: "10000000000"`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "crate::v1alpha1::schema::job_params")]
     pub params: BTreeMap<String, IntOrString>,
 
     /// Command of a custom job binary in a user image, built against the streamjob engine library. It

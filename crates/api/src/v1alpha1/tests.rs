@@ -127,7 +127,7 @@ fn full_manifest_round_trips() {
     let secret = s3.credentials_secret.as_ref().unwrap();
     assert_eq!(secret.access_key_id_key, "AWS_ACCESS_KEY_ID");
     assert_eq!(job.spec.state, JobState::Suspended);
-    let template = job.spec.pod_template.as_ref().unwrap();
+    let template = job.spec.pod_template.as_ref().unwrap().parse().unwrap();
     assert_eq!(
         template.metadata.as_ref().unwrap().labels.as_ref().unwrap()["team"],
         "a"
