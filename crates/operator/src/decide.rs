@@ -246,10 +246,14 @@ pub fn decide(input: &Input<'_>) -> Decision {
     }
     prune_savepoints(input, &mut d);
     if let Some(err) = input.storage_error {
-        d.status.message = Some(format!(
-            "snapshot storage {} cannot be read: {err}; retrying",
+        let message = format!(
+            "snapshot storage {} cannot be read: {err}; check the bucket, its endpoint and the credentials; retrying",
             input.storage_url
-        ));
+        );
+        if input.status.message.as_deref() != Some(message.as_str()) {
+            d.note(true, "StorageUnavailable", message.clone());
+        }
+        d.status.message = Some(message);
         d.poll(input.limits.running_poll);
     }
     set_conditions(input, &mut d);

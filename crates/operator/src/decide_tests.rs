@@ -14,6 +14,7 @@ struct Case {
     report: Option<WorkerReport>,
     index: Option<SnapshotIndex>,
     invalid: Vec<Invalid>,
+    storage_error: Option<String>,
     deleting: bool,
     now: u64,
     hash: String,
@@ -95,6 +96,7 @@ impl Case {
             report: None,
             index: Some(SnapshotIndex::default()),
             invalid: Vec::new(),
+            storage_error: None,
             deleting: false,
             now: NOW,
             hash,
@@ -129,7 +131,7 @@ impl Case {
             pods: &self.pods,
             report: self.report.as_ref(),
             index: self.index.as_ref(),
-            storage_error: None,
+            storage_error: self.storage_error.as_deref(),
             now_ms: self.now,
             limits: &limits,
         })
@@ -882,4 +884,28 @@ fn a_missing_member_pod_of_a_running_attempt_is_a_failure() {
         .push(worker_pod(2, 1, PodPhase::Running, Some("10.1.2.4")));
     let d = c.decide();
     assert!(!reasons(&d).contains(&"PodDeleted"), "{:?}", d.events);
+}
+
+#[test]
+fn unreadable_storage_is_a_warning_once_and_starts_nothing() {
+    let mut c = Case::new();
+    c.index = None;
+    c.storage_error = Some("NoSuchBucket".into());
+    let d = c.decide();
+    assert!(starts(&d).is_none(), "no attempt without readable storage");
+    assert!(
+        reasons(&d).contains(&"StorageUnavailable"),
+        "{:?}",
+        reasons(&d)
+    );
+    let message = d.status.message.clone().unwrap();
+    assert!(
+        message.contains(ROOT) && message.contains("NoSuchBucket"),
+        "{message}"
+    );
+    assert!(d.requeue <= Limits::default().running_poll);
+    // The same failure on the next reconcile: status says it already, no new event.
+    c.status = d.status.clone();
+    let again = c.decide();
+    assert!(!reasons(&again).contains(&"StorageUnavailable"));
 }

@@ -2,7 +2,8 @@
 //! API, snapshot storage) -> validate (pure) -> decide (pure) -> write status -> apply. This crate
 //! links the api and checkpoint crates, never the engine.
 //!
-//! - `validate`: what the CRD schema cannot check.
+//! - `validate`: what the CRD schema cannot check; `preflight`: what only the API server can (a dry
+//!   run of a new spec's objects).
 //! - `build`: the objects of one job attempt.
 //! - `hash`: which spec changes are upgrades.
 //! - `facts`, `observe`: what was observed, as plain data.
@@ -16,6 +17,7 @@ pub mod hash;
 pub mod leader;
 pub mod metrics;
 pub mod observe;
+pub mod preflight;
 pub mod reconcile;
 pub mod run;
 pub mod validate;

@@ -10,7 +10,7 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
-use streamjob_api::v1alpha1::{StreamJob, StreamJobStatus};
+use streamjob_api::v1alpha1::{JobState, StreamJob, StreamJobStatus};
 use streamjob_api::{FIELD_MANAGER, FINALIZER, LABEL_COMPONENT, LABEL_JOB};
 use streamjob_checkpoint::catalog::delete_snapshot_dir;
 use streamjob_checkpoint::SnapshotStore;
@@ -21,7 +21,8 @@ use crate::facts::{ObservedPod, PodPhase, WorkerReport};
 use crate::hash::pod_spec_hash;
 use crate::metrics::Metrics;
 use crate::observe::{open_job_store, pod_facts, read_index, s3_options, token_of};
-use crate::validate::{validate, ObservedFacts};
+use crate::preflight::refused_objects;
+use crate::validate::{validate, validate_name, ObservedFacts};
 use crate::worker_client::WorkerClient;
 
 /// What every reconcile shares.
@@ -104,6 +105,20 @@ async fn observe(
     ns: &str,
     name: &str,
 ) -> Result<Observed, ReconcileError> {
+    let name_problems = validate_name(name);
+    if !name_problems.is_empty() {
+        // Nothing can exist under such a name (it is no label value, no Service name): report it
+        // without listing or reading anything by it.
+        return Ok(Observed {
+            pods: Vec::new(),
+            token: new_token(),
+            report: None,
+            store: None,
+            index: None,
+            storage_error: None,
+            invalid: name_problems,
+        });
+    }
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let pods: Vec<ObservedPod> = pods_api
@@ -147,7 +162,21 @@ async fn observe(
             credentials = Some(secret);
         }
     }
-    let invalid = validate(&job.spec, &facts);
+    let mut invalid = validate(&job.spec, &facts);
+    // A spec that has not run yet is first created as a dry run: what only the API server can
+    // judge is reported like any invalid spec, before anything is stopped or created.
+    let not_run_yet = job
+        .status
+        .as_ref()
+        .and_then(|s| s.running_spec_hash.as_deref())
+        != Some(pod_spec_hash(&job.spec).as_str());
+    if invalid.is_empty()
+        && not_run_yet
+        && job.spec.state == JobState::Running
+        && job.meta().deletion_timestamp.is_none()
+    {
+        invalid = refused_objects(&ctx.client, job, ns).await;
+    }
 
     let attempt = job
         .status

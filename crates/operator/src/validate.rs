@@ -155,6 +155,12 @@ pub fn validate(spec: &StreamJobSpec, facts: &ObservedFacts) -> Vec<Invalid> {
         }
         (Some(s3), None) => {
             if let Some(prefix) = &s3.prefix {
+                if prefix.starts_with('/') {
+                    problems.push(invalid(
+                        "spec.storage.s3.prefix",
+                        format!("must be a key prefix relative to the bucket, not an absolute path: write {:?}", prefix.trim_start_matches('/')),
+                    ));
+                }
                 if prefix
                     .split('/')
                     .any(|segment| segment == ".." || segment == ".")
@@ -192,6 +198,32 @@ pub fn validate(spec: &StreamJobSpec, facts: &ObservedFacts) -> Vec<Invalid> {
         }
     }
 
+    if let Some(resources) = &spec.resources {
+        for (kind, quantities) in [
+            ("limits", &resources.limits),
+            ("requests", &resources.requests),
+        ] {
+            for (resource, quantity) in quantities.iter().flatten() {
+                if let Err(why) = check_quantity(&quantity.0) {
+                    problems.push(invalid(
+                        &format!("spec.resources.{kind}.{resource}"),
+                        format!("{:?} is not a resource quantity: {why} (write it like 500m, 2, 512Mi or 1Gi)", quantity.0),
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(template) = &spec.pod_template {
+        if let Err(e) = template.parse() {
+            problems.push(invalid(
+                "spec.podTemplate",
+                format!(
+                    "is not a pod template ({e}); it takes the fields of a Pod's metadata and spec"
+                ),
+            ));
+        }
+    }
+
     if let Some(path) = &spec.initial_savepoint_path {
         if !(path.starts_with("s3://") || path.starts_with("file:///") || path.starts_with('/')) {
             problems.push(invalid(
@@ -223,13 +255,88 @@ pub fn validate(spec: &StreamJobSpec, facts: &ObservedFacts) -> Vec<Invalid> {
     problems
 }
 
+/// Longest StreamJob name: its workers Service `<name>-workers` must be a DNS label (63 characters).
+pub const MAX_NAME_LEN: usize = 63 - "-workers".len();
+
+/// Problems with the StreamJob's own name. The API server accepts any DNS subdomain (253 characters,
+/// dots), but the name is also a label value and the prefix of the workers Service's name, which
+/// must be a DNS label: at most [`MAX_NAME_LEN`] characters, lowercase letters, digits and `-`,
+/// starting with a letter.
+pub fn validate_name(name: &str) -> Vec<Invalid> {
+    let field = "metadata.name";
+    let mut problems = Vec::new();
+    if name.len() > MAX_NAME_LEN {
+        problems.push(invalid(
+            field,
+            format!(
+                "is {} characters long; a StreamJob name has at most {MAX_NAME_LEN} (it names the workers Service `<name>-workers`, a DNS label); recreate the job under a shorter name",
+                name.len()
+            ),
+        ));
+    }
+    let valid_chars = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let starts_with_letter = name.chars().next().is_some_and(|c| c.is_ascii_lowercase());
+    if !valid_chars || !starts_with_letter || name.ends_with('-') {
+        problems.push(invalid(
+            field,
+            "must be a DNS label: lowercase letters, digits and '-', starting with a letter (it names the workers Service); recreate the job under such a name",
+        ));
+    }
+    problems
+}
+
+/// Check a Kubernetes resource quantity (`<number><suffix>`: `500m`, `2`, `1.5Gi`, `1e3`), which
+/// must not be negative in a container's resources.
+fn check_quantity(text: &str) -> Result<(), &'static str> {
+    let number_end = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(number_end);
+    let unsigned = number.strip_prefix('+').unwrap_or(number);
+    if unsigned.starts_with('-') {
+        return Err("resources must not be negative");
+    }
+    let digits = unsigned.replacen('.', "", 1);
+    if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
+        return Err("it does not start with a number");
+    }
+    let exponent_ok = |e: &str| {
+        let e = e.strip_prefix(['+', '-']).unwrap_or(e);
+        !e.is_empty() && e.chars().all(|c| c.is_ascii_digit())
+    };
+    match suffix {
+        "" | "m" | "k" | "M" | "G" | "T" | "P" | "E" => Ok(()),
+        "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei" => Ok(()),
+        s if (s.starts_with('e') || s.starts_with('E')) && exponent_ok(&s[1..]) => Ok(()),
+        _ => Err("unknown unit (use m, k, M, G, Ki, Mi, Gi, ... or an exponent)"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use streamjob_api::v1alpha1::{CredentialsSecretRef, S3StorageSpec};
+    use k8s_openapi::api::core::v1::ResourceRequirements;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    use streamjob_api::v1alpha1::{CredentialsSecretRef, PodTemplate, S3StorageSpec};
 
     fn spec() -> StreamJobSpec {
         StreamJobSpec::builtin("windowed-count", "/data/snapshots")
+    }
+
+    fn resources(kind: &str, resource: &str, quantity: &str) -> ResourceRequirements {
+        let map = Some([(resource.to_string(), Quantity(quantity.to_string()))].into());
+        match kind {
+            "limits" => ResourceRequirements {
+                limits: map,
+                ..ResourceRequirements::default()
+            },
+            _ => ResourceRequirements {
+                requests: map,
+                ..ResourceRequirements::default()
+            },
+        }
     }
 
     fn fields(spec: &StreamJobSpec, facts: &ObservedFacts) -> Vec<String> {
@@ -282,6 +389,29 @@ mod tests {
             (
                 "spec.initialSavepointPath",
                 Box::new(|s| s.initial_savepoint_path = Some("savepoints/sp-1".into())),
+            ),
+            (
+                "spec.initialSavepointPath",
+                Box::new(|s| {
+                    s.initial_savepoint_path =
+                        Some("/data/snapshots/savepoints/../../../etc/sp-1".into())
+                }),
+            ),
+            (
+                "spec.resources.limits.cpu",
+                Box::new(|s| s.resources = Some(resources("limits", "cpu", "lots"))),
+            ),
+            (
+                "spec.resources.requests.memory",
+                Box::new(|s| s.resources = Some(resources("requests", "memory", "-1Gi"))),
+            ),
+            (
+                "spec.podTemplate",
+                Box::new(|s| {
+                    s.pod_template = Some(PodTemplate(
+                        serde_json::json!({"spec": {"containers": "worker"}}),
+                    ))
+                }),
             ),
         ];
         for (field, mutate) in cases {
@@ -354,6 +484,64 @@ mod tests {
                 .iter()
                 .any(|p| p.field == "spec.initialSavepointPath"
                     && p.message.contains("s3://b/ns/job/")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn names_must_fit_the_workers_service() {
+        for ok in ["healthy", "a", "job-2", &"n".repeat(MAX_NAME_LEN)] {
+            assert!(
+                validate_name(ok).is_empty(),
+                "{ok}: {:?}",
+                validate_name(ok)
+            );
+        }
+        let too_long = "n".repeat(MAX_NAME_LEN + 1);
+        for bad in [&too_long, "team.job", "1st-job", "Job", "job-", ""] {
+            let problems = validate_name(bad);
+            assert!(
+                problems.iter().any(|p| p.field == "metadata.name"),
+                "{bad:?} should be reported"
+            );
+        }
+        assert!(validate_name(&too_long)[0].message.contains("at most 55"));
+    }
+
+    #[test]
+    fn resource_quantities_follow_the_kubernetes_grammar() {
+        for ok in [
+            "500m",
+            "2",
+            "0",
+            "1.5Gi",
+            "1e3",
+            "128974848",
+            "129M",
+            "+1",
+            "0.5",
+        ] {
+            assert_eq!(check_quantity(ok), Ok(()), "{ok}");
+        }
+        for bad in ["lots", "-1Gi", "1.2.3", "5 Gi", "1Q", "", "Gi", "1e"] {
+            assert!(check_quantity(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn an_absolute_s3_prefix_is_reported() {
+        let mut s = spec();
+        s.storage.path = None;
+        s.storage.s3 = Some(S3StorageSpec {
+            bucket: "snapshots".into(),
+            prefix: Some("/etc".into()),
+            ..S3StorageSpec::default()
+        });
+        let problems = validate(&s, &ObservedFacts::default());
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.field == "spec.storage.s3.prefix" && p.message.contains("\"etc\"")),
             "{problems:?}"
         );
     }
