@@ -36,6 +36,13 @@ cargo test -p streamjob-testkit --test cluster -- "$@"
 # pods run is the one `cargo build` (or the workspace tests) produced.
 cargo build -q --bin streamjob
 cargo test -p streamjob-testkit --test operator --test cli -- "$@"
+# Hostile StreamJob manifests (wrong types, bounds, names, paths, storage without access, specs only
+# the API server can judge): each rejected by the API server or reported in status, never a pod, a
+# healthy job beside them untouched. Its own namespace and operator process, deleted at the end.
+(
+  set -a; . target/cluster/env; set +a
+  python3 tests/chaos/hostile_manifests.py --bin "$STREAMJOB_BIN"
+)
 # Chaos under the operator: the operator SIGKILLed at random points (idle, during a restore, mid-upgrade
 # with savepoint, after a savepoint request, with a corrupted newest checkpoint), worker pods killed;
 # the verifier judges the committed output. Seeded: the same command line reproduces a run.
