@@ -12,6 +12,7 @@
 
 pub mod build;
 pub mod decide;
+pub mod events;
 pub mod facts;
 pub mod hash;
 pub mod leader;

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use kube::{Api, Client, Resource, ResourceExt};
 use streamjob_api::v1alpha1::{JobState, StreamJob, StreamJobStatus};
 use streamjob_api::{FIELD_MANAGER, FINALIZER, LABEL_COMPONENT, LABEL_JOB};
@@ -17,6 +17,7 @@ use streamjob_checkpoint::SnapshotStore;
 
 use crate::build::{build, pod_name, BuildError, TOKEN_KEY};
 use crate::decide::{decide, record_savepoint, Action, Input, Limits, Note};
+use crate::events::EventPublisher;
 use crate::facts::{ObservedPod, PodPhase, WorkerReport};
 use crate::hash::pod_spec_hash;
 use crate::metrics::Metrics;
@@ -29,8 +30,8 @@ use crate::worker_client::WorkerClient;
 pub struct Context {
     /// API client.
     pub client: Client,
-    /// Event recorder.
-    pub recorder: Recorder,
+    /// Event publisher (one Event per distinct message).
+    pub events: EventPublisher,
     /// Worker control API client.
     pub workers: WorkerClient,
     /// Bounds on waits.
@@ -264,7 +265,7 @@ async fn publish(ctx: &Context, job: &StreamJob, note: &Note, action: &str) {
     } else {
         tracing::info!(job = %job.name_any(), reason = note.reason, message = %note.message, "event");
     }
-    if let Err(e) = ctx.recorder.publish(&event, &job.object_ref(&())).await {
+    if let Err(e) = ctx.events.publish(&event, &job.object_ref(&())).await {
         tracing::warn!(job = %job.name_any(), error = %e, "failed to record an event");
     }
 }

@@ -17,13 +17,14 @@ use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::Controller;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use streamjob_api::v1alpha1::StreamJob;
 use streamjob_api::LABEL_MANAGED_BY;
 
 use crate::decide::Limits;
+use crate::events::EventPublisher;
 use crate::leader::{LeaderElector, LeaderError};
 use crate::metrics::Metrics;
 use crate::reconcile::{error_policy, reconcile, Context};
@@ -169,7 +170,7 @@ pub async fn run(options: OperatorOptions) -> Result<(), OperatorError> {
         ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-    let recorder = Recorder::new(
+    let events = EventPublisher::new(
         client.clone(),
         Reporter {
             controller: "streamjob-operator".into(),
@@ -178,7 +179,7 @@ pub async fn run(options: OperatorOptions) -> Result<(), OperatorError> {
     );
     let ctx = Arc::new(Context {
         client,
-        recorder,
+        events,
         workers: WorkerClient::default(),
         limits: options.limits.clone(),
         metrics,
