@@ -16,9 +16,14 @@ use crate::decide::RESTORE_NONE;
 use crate::validate::Invalid;
 
 /// Whether the answer to a dry run says the object itself is wrong (a spec problem the user must
-/// fix) rather than the moment (exists already, API server busy, network).
-fn refused_for_the_spec(code: u16) -> bool {
-    matches!(code, 400 | 403 | 422)
+/// fix) rather than the moment (exists already, API server busy, network). An exceeded quota is the
+/// moment too: during an upgrade the old pods still count, and they are gone when the new ones start.
+fn refused_for_the_spec(code: u16, message: &str) -> bool {
+    match code {
+        400 | 422 => true,
+        403 => !message.contains("exceeded quota"),
+        _ => false,
+    }
 }
 
 async fn dry_run<K>(client: &Client, ns: &str, object: &K, what: &str) -> Option<Invalid>
@@ -37,13 +42,15 @@ where
         .create(&params, object)
         .await
     {
-        Err(kube::Error::Api(status)) if refused_for_the_spec(status.code) => Some(Invalid {
-            field: "spec".to_string(),
-            message: format!(
-                "the API server refuses the job's {what}: {}; fix the spec (podTemplate, resources, serviceAccountName, ...)",
-                status.message
-            ),
-        }),
+        Err(kube::Error::Api(status)) if refused_for_the_spec(status.code, &status.message) => {
+            Some(Invalid {
+                field: "spec".to_string(),
+                message: format!(
+                    "the API server refuses the job's {what}: {}; fix the spec (podTemplate, resources, serviceAccountName, ...)",
+                    status.message
+                ),
+            })
+        }
         Err(e) => {
             tracing::debug!(error = %e, what, "preflight dry run inconclusive");
             None
@@ -74,11 +81,44 @@ pub async fn refused_objects(client: &Client, job: &StreamJob, ns: &str) -> Vec<
             }]
         }
     };
-    let mut refused = Vec::new();
-    refused.extend(dry_run::<ConfigMap>(client, ns, &objects.config_map, "ConfigMap").await);
-    refused.extend(dry_run::<Service>(client, ns, &objects.service, "workers Service").await);
-    for pod in &objects.pods {
-        refused.extend(dry_run::<Pod>(client, ns, pod, "worker pod").await);
+    // All at once: a reconcile waits for one round trip, not one per object.
+    let (config_map, service, pods) = futures::join!(
+        dry_run::<ConfigMap>(client, ns, &objects.config_map, "ConfigMap"),
+        dry_run::<Service>(client, ns, &objects.service, "workers Service"),
+        futures::future::join_all(objects.pods.iter().map(|pod| dry_run::<Pod>(
+            client,
+            ns,
+            pod,
+            "worker pod"
+        ))),
+    );
+    config_map
+        .into_iter()
+        .chain(service)
+        .chain(pods.into_iter().flatten())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_answers_about_the_object_count_as_refusals() {
+        assert!(refused_for_the_spec(
+            422,
+            "Pod \"x\" is invalid: metadata.labels"
+        ));
+        assert!(refused_for_the_spec(
+            403,
+            "pods \"x\" is forbidden: error looking up service account ns/sa: serviceaccount \"sa\" not found"
+        ));
+        assert!(!refused_for_the_spec(
+            403,
+            "pods \"x\" is forbidden: exceeded quota: compute, requested: cpu=2, used: cpu=2, limited: cpu=3"
+        ));
+        for transient in [409, 429, 500, 503, 504] {
+            assert!(!refused_for_the_spec(transient, "try again"), "{transient}");
+        }
     }
-    refused
 }
