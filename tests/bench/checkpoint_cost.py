@@ -1,11 +1,16 @@
 #!/usr/bin/env python3
 """Our side alone: the throughput cost of checkpoints every 1 s, with runs long enough (several
 seconds) for many periodic checkpoints; compare.py's event counts are sized for the Flink side and
-our runs there end before the first periodic checkpoint. Prints a markdown table (medians of 3):
+our runs there end before the first periodic checkpoint. Prints a markdown table (medians of 3; the
+runs without and with checkpoints alternate):
   tests/bench/checkpoint_cost.py [BINARY]      (default target/release/streamjob)
+Environment: CKCOST_JOBS=windowed-count,nexmark-q5 runs only those jobs; CKCOST_PARAMS="max-drift: off"
+adds job parameters (e.g. to measure without watermark alignment).
 """
-import json, subprocess, tempfile, pathlib, statistics, sys
+import json, os, subprocess, tempfile, pathlib, statistics, sys
 BIN = sys.argv[1] if len(sys.argv) > 1 else str(pathlib.Path(__file__).resolve().parents[2] / "target/release/streamjob")
+EXTRA = ", " + os.environ["CKCOST_PARAMS"] if os.environ.get("CKCOST_PARAMS") else ""
+ONLY = [j for j in os.environ.get("CKCOST_JOBS", "").split(",") if j]
 def run(job, events, interval, p=2):
     w = pathlib.Path(tempfile.mkdtemp(prefix="ckcost-"))
     (w/"job.yaml").write_text(f"""apiVersion: streamjob.io/v1alpha1
@@ -13,7 +18,7 @@ kind: StreamJob
 metadata: {{name: ckcost}}
 spec:
   parallelism: {p}
-  job: {{name: {job}, params: {{events: {events}, sink: discard}}}}
+  job: {{name: {job}, params: {{events: {events}, sink: discard{EXTRA}}}}}
   checkpoint: {{interval: {interval}}}
   storage: {{path: {w}/snap}}
 """)
@@ -26,9 +31,15 @@ spec:
 print("| job | events | p | checkpoints | events/s (median of 3) | checkpoints/run | duration p50 | p99 | size p50 |")
 print("|---|---|---|---|---|---|---|---|---|")
 for job, events in [("nexmark-q0", 200_000_000), ("nexmark-q5", 100_000_000), ("nexmark-q7", 200_000_000), ("nexmark-q8", 100_000_000), ("windowed-count", 100_000_000)]:
+    if ONLY and job not in ONLY:
+        continue
+    # Off and on alternate (off, on, off, on, ...) so a noisy neighbour slows both sides alike.
+    runs = {"1h": [], "1s": []}
+    for _ in range(3):
+        for interval in runs:
+            runs[interval].append(run(job, events, interval))
     base = None
-    for interval in ["1h", "1s"]:
-        rs = [run(job, events, interval) for _ in range(3)]
+    for interval, rs in runs.items():
         eps = statistics.median(r[0] for r in rs)
         mid = sorted(rs, key=lambda r: r[0])[1]
         cost = "" if base is None else f" ({(1 - eps/base)*100:+.1f} % cost)"
