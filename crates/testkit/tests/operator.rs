@@ -257,6 +257,21 @@ async fn events(tc: &TestCluster, name: &str) -> Vec<Event> {
         .collect()
 }
 
+/// Whether an event of this kind and reason about `name` appears within [`WAIT`] (the operator
+/// writes the status before it publishes the decision's events).
+async fn event_appears(tc: &TestCluster, name: &str, kind: &str, reason: &str) -> bool {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if has_event(&events(tc, name).await, kind, reason) {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn has_event(events: &[Event], kind: &str, reason: &str) -> bool {
     events
         .iter()
@@ -355,9 +370,8 @@ async fn deploys_checkpoints_to_s3_and_restores_a_killed_worker_exactly_once() {
         restored.contains("/checkpoints/000001-"),
         "restored from a checkpoint of attempt 1: {restored}"
     );
-    let evs = events(&tc, "wc").await;
     assert!(
-        has_event(&evs, "Warning", "PodFailed"),
+        event_appears(&tc, "wc", "Warning", "PodFailed").await,
         "a Warning event names the failure"
     );
     eprintln!(
@@ -424,9 +438,8 @@ async fn upgrade_takes_a_savepoint_and_rescales_2_to_3_exactly_once() {
         1,
         "the savepoint is in S3"
     );
-    let evs = events(&tc, "up").await;
-    assert!(has_event(&evs, "Normal", "UpgradeStarted"));
-    assert!(has_event(&evs, "Normal", "SavepointCompleted"));
+    assert!(event_appears(&tc, "up", "Normal", "UpgradeStarted").await);
+    assert!(event_appears(&tc, "up", "Normal", "SavepointCompleted").await);
     eprintln!(
         "[figures] upgrade (savepoint, 2 -> 3) downtime until Running: {:.2}s",
         downtime.as_secs_f64()
@@ -541,11 +554,7 @@ async fn invalid_specs_are_reported_and_never_touch_running_pods() {
     })
     .await;
     assert!(job.status.unwrap().message.unwrap().contains("no-such-job"));
-    assert!(has_event(
-        &events(&tc, "bad").await,
-        "Warning",
-        "InvalidSpec"
-    ));
+    assert!(event_appears(&tc, "bad", "Warning", "InvalidSpec").await);
     assert!(worker_pod(&tc, "bad").await.is_none());
 
     // A running job given parallelism above maxParallelism keeps its pod.
@@ -765,8 +774,7 @@ async fn an_upgrade_that_never_becomes_ready_is_rolled_back() {
         upgrade_savepoint.is_some(),
         "the upgrade took its savepoint first"
     );
-    let evs = events(&tc, "rb").await;
-    assert!(has_event(&evs, "Warning", "RollingBack"));
+    assert!(event_appears(&tc, "rb", "Warning", "RollingBack").await);
     // The spec still says the bad image, and the operator does not retry it.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let job = tc.api::<StreamJob>().get("rb").await.unwrap();
