@@ -93,7 +93,8 @@ fn killed_worker_is_restored_without_loss_or_duplicates() {
     wait_for(
         "the restored attempt to run",
         Duration::from_secs(30),
-        || status(second.port).is_some(),
+        // "starting" answers before the restore is chosen; restoredFrom is known after it.
+        || status(second.port).is_some_and(|s| s["state"] != "starting"),
     );
     let s = status(second.port).unwrap();
     assert_eq!(s["attempt"], 2);
