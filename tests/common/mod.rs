@@ -9,8 +9,25 @@ use std::time::{Duration, Instant};
 /// The `streamjob` binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_streamjob");
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, below the kernel's ephemeral range: a port handed out by
+/// `bind(0)` is itself ephemeral, and an outgoing connection (a worker dialling its peers, an S3
+/// client) may take it before the process under test binds it ("Address already in use").
 pub fn free_port() -> u16 {
+    use std::hash::BuildHasher;
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    if low > 21000 {
+        // Random per call (std's RandomState has random keys), so parallel test processes spread out.
+        let seed = std::collections::hash_map::RandomState::new().hash_one(Instant::now());
+        for attempt in 0..200u64 {
+            let port = 20000 + (seed.wrapping_add(attempt * 7919) % u64::from(low - 20000)) as u16;
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
