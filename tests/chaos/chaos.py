@@ -246,6 +246,18 @@ class S3Server:
             self.proc.wait()
 
 
+def verify_sequence(binary, output, keys, events, work):
+    """`streamjob verify-sequence` over the committed output: (report, exit code); the report is
+    also kept as work/verify.json."""
+    proc = subprocess.run([binary, "verify-sequence", "--output", str(output), "--keys", str(keys),
+                           "--events", str(events), "--json"], capture_output=True, text=True)
+    (pathlib.Path(work) / "verify.json").write_text(proc.stdout)
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1]), proc.returncode
+    except (ValueError, IndexError):
+        raise ChaosError(f"verify-sequence printed no report: {proc.stderr[-500:]}")
+
+
 def percentile(values, q):
     if not values:
         return None
@@ -374,14 +386,7 @@ spec:
         return None, None
 
     def verify(self):
-        proc = subprocess.run([self.binary, "verify-sequence", "--output", str(self.out), "--keys",
-                               str(self.keys), "--events", str(self.events), "--json"],
-                              capture_output=True, text=True)
-        (self.work / "verify.json").write_text(proc.stdout)
-        try:
-            return json.loads(proc.stdout.strip().splitlines()[-1]), proc.returncode
-        except (ValueError, IndexError):
-            raise ChaosError(f"verify-sequence printed no report: {proc.stderr[-500:]}")
+        return verify_sequence(self.binary, self.out, self.keys, self.events, self.work)
 
     def finish(self):
         """A last attempt without failures runs the job to its end."""

@@ -30,9 +30,6 @@ Usage:
 
 import argparse
 import concurrent.futures
-import datetime
-import hashlib
-import hmac
 import json
 import os
 import pathlib
@@ -43,9 +40,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 FIELD_MANAGER = "hostile-manifests"
@@ -59,25 +53,10 @@ class SweepError(Exception):
 
 # ---- environment ------------------------------------------------------------------------------
 
-def load_cluster_env():
-    env_file = pathlib.Path(os.environ.get("STREAMJOB_CLUSTER_DIR", REPO / "target/cluster")) / "env"
-    if env_file.is_file():
-        for line in env_file.read_text().splitlines():
-            if "=" in line and not line.startswith("#"):
-                key, value = line.split("=", 1)
-                os.environ.setdefault(key, value)
-    for key in ["KUBECONFIG", "S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]:
-        if not os.environ.get(key):
-            sys.exit(f"{key} is not set: bring the cluster up (tests/cluster/up.sh) and source target/cluster/env")
-
-
-def find_binary(given):
-    candidates = [given, "/tmp/sj-bin/streamjob", os.environ.get("STREAMJOB_BIN"),
-                  REPO / "target/debug/streamjob"]
-    for candidate in candidates:
-        if candidate and pathlib.Path(candidate).is_file():
-            return str(candidate)
-    sys.exit("no streamjob binary: build it (cargo build) or pass --bin")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+sys.dont_write_bytecode = True  # no __pycache__ next to the scripts
+from chaos import find_binary  # noqa: E402
+from cluster import load_cluster_env, s3_request  # noqa: E402
 
 
 def kubectl(*args, body=None, timeout=60):
@@ -90,37 +69,6 @@ def kubectl_json(*args):
     if r.returncode != 0:
         raise SweepError(f"kubectl {' '.join(args)}: {r.stderr.strip()}")
     return json.loads(r.stdout)
-
-
-# ---- S3 (SigV4, stdlib) -----------------------------------------------------------------------
-
-def s3_request(method, path, body=b""):
-    """One signed request to the cluster's S3 server (path-style)."""
-    endpoint = os.environ["S3_ENDPOINT"].rstrip("/")
-    region = os.environ.get("AWS_REGION", "us-east-1")
-    host = urllib.parse.urlparse(endpoint).netloc
-    now = datetime.datetime.now(datetime.timezone.utc)
-    amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
-    payload = hashlib.sha256(body).hexdigest()
-    signed = "host;x-amz-content-sha256;x-amz-date"
-    canonical = "\n".join([method, urllib.parse.quote(path), "",
-                           f"host:{host}\nx-amz-content-sha256:{payload}\nx-amz-date:{amz_date}\n",
-                           signed, payload])
-    scope = f"{day}/{region}/s3/aws4_request"
-    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
-    key = ("AWS4" + os.environ["AWS_SECRET_ACCESS_KEY"]).encode()
-    for part in [day, region, "s3", "aws4_request"]:
-        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-    request = urllib.request.Request(endpoint + path, data=body or None, method=method, headers={
-        "x-amz-date": amz_date, "x-amz-content-sha256": payload,
-        "Authorization": f"AWS4-HMAC-SHA256 Credential={os.environ['AWS_ACCESS_KEY_ID']}/{scope}, "
-                         f"SignedHeaders={signed}, Signature={signature}"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
 
 
 # ---- the sweep's namespace ---------------------------------------------------------------------

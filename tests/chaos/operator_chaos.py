@@ -29,9 +29,6 @@ report; pod logs stay in the cluster's log folder under the run's namespace) and
 """
 
 import argparse
-import datetime
-import hashlib
-import hmac
 import json
 import os
 import pathlib
@@ -42,51 +39,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
-import urllib.request
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from chaos import ChaosError, find_binary, fmt_s, parse_seeds, percentile  # noqa: E402
+sys.dont_write_bytecode = True  # no __pycache__ next to the scripts
+from chaos import ChaosError, find_binary, fmt_s, parse_seeds, percentile, verify_sequence  # noqa: E402
+from cluster import load_cluster_env, s3_request  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 JOB = "seq"
-
-
-def cluster_env():
-    cluster = pathlib.Path(os.environ.get("STREAMJOB_CLUSTER_DIR", REPO / "target/cluster"))
-    env_file = cluster / "env"
-    if not env_file.is_file():
-        sys.exit(f"no cluster settings at {env_file}: start the cluster with tests/cluster/up.sh")
-    env = {}
-    for line in env_file.read_text().splitlines():
-        if "=" in line and not line.startswith("#"):
-            k, v = line.split("=", 1)
-            env[k.strip()] = v.strip()
-    return env
-
-
-def create_bucket(endpoint, bucket, key_id, secret, region):
-    """CreateBucket with a SigV4-signed PUT (path style), stdlib only."""
-    url = urllib.parse.urlsplit(endpoint)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
-    payload = hashlib.sha256(b"").hexdigest()
-    headers = {"host": url.netloc, "x-amz-content-sha256": payload, "x-amz-date": amz_date}
-    signed = ";".join(sorted(headers))
-    canonical = "\n".join(["PUT", f"/{bucket}", "",
-                           "".join(f"{k}:{headers[k]}\n" for k in sorted(headers)), signed, payload])
-    scope = f"{day}/{region}/s3/aws4_request"
-    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
-    k = f"AWS4{secret}".encode()
-    for part in (day, region, "s3", "aws4_request"):
-        k = hmac.new(k, part.encode(), hashlib.sha256).digest()
-    signature = hmac.new(k, to_sign.encode(), hashlib.sha256).hexdigest()
-    req = urllib.request.Request(f"{endpoint}/{bucket}", method="PUT", data=b"", headers={
-        "x-amz-content-sha256": payload, "x-amz-date": amz_date,
-        "Authorization": f"AWS4-HMAC-SHA256 Credential={key_id}/{scope}, SignedHeaders={signed}, Signature={signature}"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        if r.status != 200:
-            raise ChaosError(f"CreateBucket {bucket} answered {r.status}")
 
 
 class Kube:
@@ -167,12 +127,17 @@ class Run:
         self.kube.run("create", "namespace", self.namespace, "-o", "name")
         self.kube.run("label", "namespace", self.namespace, "streamjob.io/test=true")
         deadline = time.monotonic() + 60
-        while self.kube.run("get", "serviceaccount", "default", check=False).returncode != 0:
+        # Pods are refused until the controller-manager gave the default service account its token.
+        while True:
+            p = self.kube.run("get", "serviceaccount", "default", "-o", "json", check=False)
+            if p.returncode == 0 and json.loads(p.stdout).get("secrets"):
+                break
             if time.monotonic() > deadline:
-                raise ChaosError("the namespace's default service account never appeared")
+                raise ChaosError("the namespace's default service account got no token within 60s")
             time.sleep(0.3)
-        create_bucket(self.env["S3_ENDPOINT"], self.namespace, self.env["AWS_ACCESS_KEY_ID"],
-                      self.env["AWS_SECRET_ACCESS_KEY"], self.env.get("AWS_REGION", "us-east-1"))
+        status, body = s3_request("PUT", f"/{self.namespace}")
+        if status != 200:
+            raise ChaosError(f"create bucket {self.namespace}: HTTP {status} {body[:300]!r}")
         self.kube.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-credentials"},
                          "stringData": {"AWS_ACCESS_KEY_ID": self.env["AWS_ACCESS_KEY_ID"],
                                         "AWS_SECRET_ACCESS_KEY": self.env["AWS_SECRET_ACCESS_KEY"]}})
@@ -352,14 +317,7 @@ class Run:
         self.wait("the job finished", lambda j: self.status(j).get("phase") == "Finished", timeout=300)
 
     def verify(self):
-        proc = subprocess.run([self.binary, "verify-sequence", "--output", str(self.out), "--keys",
-                               str(self.keys), "--events", str(self.events), "--json"],
-                              capture_output=True, text=True)
-        (self.work / "verify.json").write_text(proc.stdout)
-        try:
-            return json.loads(proc.stdout.strip().splitlines()[-1]), proc.returncode
-        except (ValueError, IndexError):
-            raise ChaosError(f"verify-sequence printed no report: {proc.stderr[-500:]}")
+        return verify_sequence(self.binary, self.out, self.keys, self.events, self.work)
 
 
 def run_one(binary, env, seed, kills, keep_root):
@@ -399,7 +357,7 @@ def main():
     args = ap.parse_args()
     # A timeout's SIGTERM still runs the teardown (operator stopped, namespace deleted).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    env = cluster_env()
+    env = load_cluster_env()
     binary = find_binary(args.bin or env.get("STREAMJOB_BIN"))
     seeds = [args.seed] if args.seed is not None else parse_seeds(args.seeds)
     rows = []

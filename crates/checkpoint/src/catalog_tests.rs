@@ -9,7 +9,7 @@ use super::*;
 use crate::attempts::{start_attempt, AttemptRecord, SnapshotRef};
 use crate::conformance::{check_put_if_absent_race, check_store};
 use crate::decide::SkipReason;
-use crate::manifest::{OperatorState, SnapshotKind, SubtaskState};
+use crate::manifest::{FileRef, OperatorState, SnapshotKind, SubtaskState};
 use crate::state_file::{write_shared_state_file, write_state_file};
 use crate::{FileStore, MemoryStore};
 
@@ -22,6 +22,15 @@ where
     test(Arc::new(MemoryStore::new())).await;
     let dir = tempfile::tempdir().unwrap();
     test(Arc::new(FileStore::new(dir.path()).unwrap())).await;
+}
+
+/// Corrupts the first state file of `manifest` in place (same size, one byte flipped); returns it.
+async fn flip_first_byte_of_first_file(store: &dyn SnapshotStore, manifest: &Manifest) -> FileRef {
+    let victim = manifest.files().next().unwrap().clone();
+    let mut body = store.get(&victim.key).await.unwrap().to_vec();
+    body[0] ^= 0xff;
+    store.put(&victim.key, Bytes::from(body)).await.unwrap();
+    victim
 }
 
 /// Writes a complete snapshot with `parallelism` subtasks of one operator; returns its manifest.
@@ -163,11 +172,8 @@ async fn corrupt_newest_falls_back_and_names_the_file() {
     on_each_store(|store| async move {
         write_snapshot(store.as_ref(), SnapshotKind::Checkpoint, 1, 41).await;
         let newest = write_snapshot(store.as_ref(), SnapshotKind::Checkpoint, 1, 42).await;
-        let victim = newest.files().next().unwrap().clone();
         // Same size, different content: only the CRC-32C reveals it.
-        let mut body = store.get(&victim.key).await.unwrap().to_vec();
-        body[0] ^= 0xff;
-        store.put(&victim.key, Bytes::from(body)).await.unwrap();
+        let victim = flip_first_byte_of_first_file(store.as_ref(), &newest).await;
 
         let shallow = find_restore_point(store.as_ref(), VerifyLevel::Shallow)
             .await
@@ -422,10 +428,7 @@ async fn a_snapshot_that_failed_deep_verification_stays_skipped_for_shallow_read
     on_each_store(|store| async move {
         write_snapshot(store.as_ref(), SnapshotKind::Checkpoint, 1, 41).await;
         let newest = write_snapshot(store.as_ref(), SnapshotKind::Checkpoint, 1, 42).await;
-        let victim = newest.files().next().unwrap().clone();
-        let mut body = store.get(&victim.key).await.unwrap().to_vec();
-        body[0] ^= 0xff;
-        store.put(&victim.key, Bytes::from(body)).await.unwrap();
+        flip_first_byte_of_first_file(store.as_ref(), &newest).await;
 
         let deep = find_restore_point(store.as_ref(), VerifyLevel::Deep)
             .await

@@ -228,6 +228,17 @@ fn alignment(
     )))
 }
 
+/// Parameters of the tumbling-window event-time jobs (windowed-count, nexmark-q7, nexmark-q8).
+const WINDOWED_PARAMS: &[&str] = &[
+    "events",
+    "rate",
+    "splits",
+    "window",
+    "max-drift",
+    "output",
+    "sink",
+];
+
 /// Source parameters shared by the generator jobs (`events`, `rate`, `splits`).
 struct SourceParams {
     events: Option<u64>,
@@ -282,15 +293,7 @@ pub fn build_with_fault(
     let parallelism = env.config().parallelism;
     match params.job.as_str() {
         "windowed-count" => {
-            params.check_known(&[
-                "events",
-                "rate",
-                "splits",
-                "window",
-                "max-drift",
-                "output",
-                "sink",
-            ])?;
+            params.check_known(WINDOWED_PARAMS)?;
             let source = source_params(params, parallelism)?;
             let window = params.duration_ms_or("window", 10_000)?;
             let aligned = alignment(params, window)?;
@@ -334,15 +337,7 @@ pub fn build_with_fault(
             Ok(())
         }
         "nexmark-q7" | "nexmark-q8" => {
-            params.check_known(&[
-                "events",
-                "rate",
-                "splits",
-                "window",
-                "max-drift",
-                "output",
-                "sink",
-            ])?;
+            params.check_known(WINDOWED_PARAMS)?;
             let source = source_params(params, parallelism)?;
             let window = params.duration_ms_or("window", 10_000)?;
             let aligned = alignment(params, window)?;
