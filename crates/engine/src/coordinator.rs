@@ -256,16 +256,19 @@ pub fn build_manifest(
     let mut acks: Vec<&TaskAck> = pending.acks.iter().collect();
     acks.sort_by_key(|a| a.task);
     for ack in acks {
+        // An incremental snapshot lists several files per operator, oldest first: keep them
+        // together, in order, under one subtask entry.
         for (operator_id, file) in &ack.files {
-            by_operator
-                .entry(operator_id.clone())
-                .or_default()
-                .push(SubtaskState {
+            let subtasks = by_operator.entry(operator_id.clone()).or_default();
+            match subtasks.last_mut() {
+                Some(last) if last.subtask == ack.task.subtask => last.files.push(file.clone()),
+                _ => subtasks.push(SubtaskState {
                     subtask: ack.task.subtask,
                     key_group_start: ack.key_groups.start,
                     key_group_end: ack.key_groups.end,
                     files: vec![file.clone()],
-                });
+                }),
+            }
         }
     }
     manifest.operators = by_operator
@@ -658,6 +661,11 @@ fn abort(
         SnapshotType::Checkpoint => SnapshotKind::Checkpoint,
         SnapshotType::Savepoint { .. } => SnapshotKind::Savepoint,
     };
+    if setup.config.incremental && kind == SnapshotKind::Checkpoint {
+        // Later incremental checkpoints may reference files this one uploaded (tasks build on
+        // their own last snapshot); retention deletes the folder once nothing references it.
+        return;
+    }
     let dir = SnapshotLayout::dir(kind, setup.attempt, p.barrier.id).path();
     let store = Arc::clone(&setup.store);
     setup.runtime.spawn(async move {

@@ -20,8 +20,9 @@ use crate::keygroup::key_group_range;
 use crate::operator::OperatorContext;
 use crate::restore::{RestoreData, RestoreError, RestoreView};
 use crate::stream::JobGraph;
-use crate::task::{TaskEnv, TaskError, TaskMetrics, Uploader};
+use crate::task::{TaskEnv, TaskError, TaskMetrics};
 use crate::types::SnapshotType;
+use crate::upload::UploadQueue;
 use crate::watermark_alignment::{AlignmentHub, AlignmentSummary};
 
 /// Why an attempt could not start or did not finish.
@@ -204,11 +205,6 @@ pub fn start(
         .map_or(1, |(m, _)| m.checkpoint_id + 1);
     let (events_tx, events_rx) = unbounded();
     let progress = Arc::new(Mutex::new(JobProgress::default()));
-    let uploader = Uploader {
-        store: Arc::clone(&spec.store),
-        runtime: runtime.clone(),
-        attempt: spec.attempt,
-    };
     // Which subtasks run in this process: all of them, or this worker's block of a cluster.
     let placement = match &graph.cluster {
         Some(cluster) => Some((
@@ -280,6 +276,7 @@ pub fn start(
                     key_groups: key_groups.clone(),
                     attempt: spec.attempt,
                     restored_checkpoint: spec.restore.as_ref().map(|(m, _)| m.checkpoint_id),
+                    incremental: config.checkpoints.incremental,
                 },
                 control: control_rx,
                 events: events_tx.clone(),
@@ -287,7 +284,7 @@ pub fn start(
                 restored: restore_data.as_ref().map_or_else(RestoreView::empty, |d| {
                     RestoreView::new(Arc::clone(d), s as u32, p, key_groups)
                 }),
-                uploader: uploader.clone(),
+                uploads: UploadQueue::start(Arc::clone(&spec.store), runtime, events_tx.clone()),
                 mode: config.checkpoints.mode,
                 batch_size: config.batch_size,
                 metrics: Arc::clone(&task_metrics),

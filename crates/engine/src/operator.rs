@@ -50,21 +50,92 @@ pub struct OperatorContext {
     pub attempt: u64,
     /// Checkpoint id the attempt restored from (`None`: started with empty state).
     pub restored_checkpoint: Option<u64>,
+    /// Incremental checkpoints: keyed operators write changes and reference earlier files.
+    pub incremental: bool,
 }
 
 /// State of one operator instance in a snapshot.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct OperatorSnapshot {
-    /// Keyed state: one encoded blob per non-empty key group.
+    /// Keyed state: one encoded full image per key group written (all non-empty groups, unless
+    /// the snapshot is incremental).
     pub keyed: Vec<(u32, Vec<u8>)>,
+    /// Incremental checkpoints: changes of key groups since their image, applied after it.
+    pub keyed_changes: Vec<(u32, Vec<u8>)>,
     /// Operator (non-keyed) list state: entries are redistributed round-robin on rescale.
     pub list: Vec<Vec<u8>>,
+    /// Incremental checkpoints: earlier checkpoints (of this attempt) whose files of this operator
+    /// instance the snapshot still references, oldest first.
+    pub base: Vec<u64>,
 }
 
 impl OperatorSnapshot {
-    /// True when there is nothing to store.
+    /// True when there is nothing to store and nothing referenced.
     pub fn is_empty(&self) -> bool {
-        self.keyed.is_empty() && self.list.is_empty()
+        self.keyed.is_empty()
+            && self.keyed_changes.is_empty()
+            && self.list.is_empty()
+            && self.base.is_empty()
+    }
+    /// True when this snapshot writes no file of its own (it may still reference earlier ones).
+    pub fn writes_nothing(&self) -> bool {
+        self.keyed.is_empty() && self.keyed_changes.is_empty() && self.list.is_empty()
+    }
+}
+
+/// The stored form of an operator instance's own snapshot file (without `base`, which the
+/// manifest records as the file list).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StateFileBody {
+    /// Full key-group images.
+    pub keyed: Vec<(u32, Vec<u8>)>,
+    /// Key-group changes.
+    pub keyed_changes: Vec<(u32, Vec<u8>)>,
+    /// Operator list state.
+    pub list: Vec<Vec<u8>>,
+}
+
+/// Files written before incremental checkpoints: `keyed` and `list` only.
+#[derive(Deserialize)]
+struct LegacyStateFile {
+    keyed: Vec<(u32, Vec<u8>)>,
+    list: Vec<Vec<u8>>,
+}
+
+/// First bytes of a state file in the current format.
+const STATE_FILE_MAGIC: &[u8; 5] = b"SJSF\x02";
+
+impl StateFileBody {
+    /// Encode with the format marker.
+    pub fn encode(&self) -> Result<Vec<u8>, bincode::Error> {
+        let mut out = Vec::with_capacity(
+            STATE_FILE_MAGIC.len()
+                + 64
+                + self
+                    .keyed
+                    .iter()
+                    .chain(&self.keyed_changes)
+                    .map(|(_, b)| b.len() + 16)
+                    .sum::<usize>()
+                + self.list.iter().map(|b| b.len() + 8).sum::<usize>(),
+        );
+        out.extend_from_slice(STATE_FILE_MAGIC);
+        bincode::serialize_into(&mut out, self)?;
+        Ok(out)
+    }
+    /// Decode a state file of the current or the earlier format.
+    pub fn decode(bytes: &[u8]) -> Result<Self, bincode::Error> {
+        match bytes.strip_prefix(STATE_FILE_MAGIC.as_slice()) {
+            Some(body) => bincode::deserialize(body),
+            None => {
+                let legacy: LegacyStateFile = bincode::deserialize(bytes)?;
+                Ok(Self {
+                    keyed: legacy.keyed,
+                    keyed_changes: Vec::new(),
+                    list: legacy.list,
+                })
+            }
+        }
     }
 }
 
@@ -72,8 +143,10 @@ impl OperatorSnapshot {
 /// list entries.
 #[derive(Debug, Clone, Default)]
 pub struct RestoredState {
-    /// Keyed state blobs for key groups in this subtask's range.
+    /// Keyed state blobs (full images) for key groups in this subtask's range.
     pub keyed: Vec<(u32, Vec<u8>)>,
+    /// Changes to apply on top of those images, in the order they were written.
+    pub keyed_changes: Vec<(u32, Vec<u8>)>,
     /// This subtask's share of the list entries.
     pub list: Vec<Vec<u8>>,
 }

@@ -1,6 +1,10 @@
 //! Restoring a job from a snapshot: download and verify every state file of the manifest once, then
 //! give each new subtask exactly its share — the key groups it owns (whatever the old parallelism
 //! was) and a round-robin share of operator list state (source splits, pending sink commits).
+//!
+//! An incremental checkpoint lists several files per old subtask, oldest first. A key group's
+//! state is its last full image plus the changes written after it; operator list state comes from
+//! the subtask's newest file.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
@@ -13,7 +17,7 @@ use streamjob_checkpoint::manifest::Manifest;
 use streamjob_checkpoint::state_file::{read_state_file, VerifyError};
 use streamjob_checkpoint::store::SnapshotStore;
 
-use crate::operator::{OperatorSnapshot, RestoredState};
+use crate::operator::{RestoredState, StateFileBody};
 
 /// Why a snapshot cannot be restored.
 #[derive(Debug, thiserror::Error)]
@@ -47,11 +51,19 @@ pub enum RestoreError {
     },
 }
 
-/// Old subtask's state of one operator.
+/// Old subtask's state of one operator: its files in manifest order (oldest first).
 #[derive(Debug)]
 struct OldSubtask {
     subtask: u32,
-    state: OperatorSnapshot,
+    files: Vec<StateFileBody>,
+}
+
+impl OldSubtask {
+    fn has_keyed_state(&self) -> bool {
+        self.files
+            .iter()
+            .any(|f| !f.keyed.is_empty() || !f.keyed_changes.is_empty())
+    }
 }
 
 /// The decoded state of a snapshot, shared by all tasks of the new attempt.
@@ -101,13 +113,18 @@ impl RestoreData {
         let mut jobs = Vec::new();
         for operator in &manifest.operators {
             for subtask in &operator.subtasks {
-                for file in &subtask.files {
-                    jobs.push((operator.operator_id.clone(), subtask.subtask, file.clone()));
+                for (index, file) in subtask.files.iter().enumerate() {
+                    jobs.push((
+                        operator.operator_id.clone(),
+                        subtask.subtask,
+                        index,
+                        file.clone(),
+                    ));
                 }
             }
         }
-        let loaded: Vec<(String, u32, OperatorSnapshot)> = stream::iter(jobs)
-            .map(|(operator, subtask, file)| {
+        let mut loaded: Vec<(String, u32, usize, StateFileBody)> = stream::iter(jobs)
+            .map(|(operator, subtask, index, file)| {
                 let store = Arc::clone(&store);
                 async move {
                     let bytes = read_state_file(store.as_ref(), &file)
@@ -116,27 +133,29 @@ impl RestoreData {
                             location: location.to_string(),
                             source,
                         })?;
-                    let state: OperatorSnapshot =
-                        bincode::deserialize(&bytes).map_err(|e| RestoreError::Decode {
+                    let state =
+                        StateFileBody::decode(&bytes).map_err(|e| RestoreError::Decode {
                             location: location.to_string(),
                             key: file.key.clone(),
                             reason: e.to_string(),
                         })?;
-                    Ok::<_, RestoreError>((operator, subtask, state))
+                    Ok::<_, RestoreError>((operator, subtask, index, state))
                 }
             })
             .buffer_unordered(8)
             .try_collect()
             .await?;
+        loaded.sort_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
         let mut operators: BTreeMap<String, Vec<OldSubtask>> = BTreeMap::new();
-        for (operator, subtask, state) in loaded {
-            operators
-                .entry(operator)
-                .or_default()
-                .push(OldSubtask { subtask, state });
-        }
-        for subtasks in operators.values_mut() {
-            subtasks.sort_by_key(|s| s.subtask);
+        for (operator, subtask, _, state) in loaded {
+            let subtasks = operators.entry(operator).or_default();
+            match subtasks.last_mut() {
+                Some(last) if last.subtask == subtask => last.files.push(state),
+                _ => subtasks.push(OldSubtask {
+                    subtask,
+                    files: vec![state],
+                }),
+            }
         }
         Ok(Self { operators })
     }
@@ -155,7 +174,7 @@ impl RestoreData {
                 .operators
                 .values()
                 .flatten()
-                .any(|s| !s.state.keyed.is_empty())
+                .any(OldSubtask::has_keyed_state)
         {
             return Err(RestoreError::MaxParallelismChanged {
                 location: location.to_string(),
@@ -221,12 +240,29 @@ impl RestoreView {
         let mut restored = RestoredState::default();
         let mut list_index = 0usize;
         for subtask in old {
-            for (kg, blob) in &subtask.state.keyed {
-                if self.key_groups.contains(kg) {
-                    restored.keyed.push((*kg, blob.clone()));
+            // Per key group: the index of the file with its newest image.
+            let mut image_in: BTreeMap<u32, usize> = BTreeMap::new();
+            for (index, file) in subtask.files.iter().enumerate() {
+                for (kg, _) in &file.keyed {
+                    if self.key_groups.contains(kg) {
+                        image_in.insert(*kg, index);
+                    }
                 }
             }
-            for entry in &subtask.state.list {
+            for (index, file) in subtask.files.iter().enumerate() {
+                for (kg, blob) in &file.keyed {
+                    if image_in.get(kg) == Some(&index) {
+                        restored.keyed.push((*kg, blob.clone()));
+                    }
+                }
+                for (kg, blob) in &file.keyed_changes {
+                    if image_in.get(kg).is_some_and(|image| index > *image) {
+                        restored.keyed_changes.push((*kg, blob.clone()));
+                    }
+                }
+            }
+            let newest_list = subtask.files.last().map_or(&[][..], |f| f.list.as_slice());
+            for entry in newest_list {
                 if list_index % self.parallelism.max(1) as usize == self.subtask as usize {
                     restored.list.push(entry.clone());
                 }

@@ -108,8 +108,8 @@ pub(crate) fn run_source_task<T: Send + 'static>(
                     let mut snapshots = vec![(
                         source_id.clone(),
                         OperatorSnapshot {
-                            keyed: Vec::new(),
                             list: entries,
+                            ..OperatorSnapshot::default()
                         },
                     )];
                     pipeline.barrier(&barrier, &mut snapshots)?;

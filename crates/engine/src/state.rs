@@ -4,6 +4,10 @@
 //! A function registers its states once (`StateRegistry`) and gets small typed handles; the runtime
 //! sets the current key and the function reads and writes through `KeyedStateBackend` with a handle.
 //! Access is a vector index, a type check and one hash lookup: no locking, no allocation per record.
+//!
+//! With incremental checkpoints the backend also records which keys changed since the last snapshot
+//! (one set per state and key group, only when enabled). A snapshot can then encode a key group as a
+//! full image or as its changes: the new value of every changed key, or its removal.
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
@@ -11,7 +15,7 @@ use std::marker::PhantomData;
 use std::ops::Range;
 use std::sync::Arc;
 
-use rustc_hash::FxBuildHasher;
+use rustc_hash::{FxBuildHasher, FxHashSet};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -85,6 +89,23 @@ impl<V> Clone for ReducingState<V> {
 struct Table<K, S> {
     name: String,
     groups: Vec<FxMap<K, S>>,
+    /// Keys changed since the last snapshot, per key group (empty unless change tracking is on).
+    changed: Vec<FxHashSet<K>>,
+    track_changes: bool,
+}
+
+impl<K: Key, S> Table<K, S> {
+    /// The map of key group `offset`, recording that `key` is about to change.
+    #[inline]
+    fn group_for_write(&mut self, offset: usize, key: &K) -> &mut FxMap<K, S> {
+        if self.track_changes {
+            let changed = &mut self.changed[offset];
+            if !changed.contains(key) {
+                changed.insert(key.clone());
+            }
+        }
+        &mut self.groups[offset]
+    }
 }
 
 /// Type-erased table, so one backend holds states of different types.
@@ -100,6 +121,18 @@ trait ErasedTable<K>: Send {
         bytes: &[u8],
     ) -> Result<(), StateError>;
     fn entries(&self) -> usize;
+    fn has_changes(&self, offset: usize) -> bool;
+    fn group_is_empty(&self, offset: usize) -> bool;
+    /// The changed keys of a group: `(key, Some(value))` or `(key, None)` for a removal.
+    fn encode_changes(&self, offset: usize) -> Result<Option<Vec<u8>>, StateError>;
+    fn apply_changes(
+        &mut self,
+        offset: usize,
+        key_group: u32,
+        bytes: &[u8],
+    ) -> Result<(), StateError>;
+    fn clear_changes(&mut self, offset: usize);
+    fn set_change_tracking(&mut self, on: bool);
 }
 
 impl<K: Key, S: Data> ErasedTable<K> for Table<K, S> {
@@ -146,6 +179,70 @@ impl<K: Key, S: Data> ErasedTable<K> for Table<K, S> {
     fn entries(&self) -> usize {
         self.groups.iter().map(HashMap::len).sum()
     }
+    fn has_changes(&self, offset: usize) -> bool {
+        self.changed.get(offset).is_some_and(|c| !c.is_empty())
+    }
+    fn group_is_empty(&self, offset: usize) -> bool {
+        self.groups[offset].is_empty()
+    }
+    fn encode_changes(&self, offset: usize) -> Result<Option<Vec<u8>>, StateError> {
+        let Some(changed) = self.changed.get(offset).filter(|c| !c.is_empty()) else {
+            return Ok(None);
+        };
+        let group = &self.groups[offset];
+        let changes: Vec<(&K, Option<&S>)> = changed.iter().map(|k| (k, group.get(k))).collect();
+        bincode::serialize(&changes)
+            .map(Some)
+            .map_err(|e| StateError::Encode {
+                state: self.name.clone(),
+                reason: e.to_string(),
+            })
+    }
+    fn apply_changes(
+        &mut self,
+        offset: usize,
+        key_group: u32,
+        bytes: &[u8],
+    ) -> Result<(), StateError> {
+        let changes: Vec<(K, Option<S>)> =
+            bincode::deserialize(bytes).map_err(|e| StateError::Decode {
+                state: self.name.clone(),
+                key_group,
+                reason: e.to_string(),
+            })?;
+        let group = &mut self.groups[offset];
+        for (key, value) in changes {
+            match value {
+                Some(v) => {
+                    group.insert(key, v);
+                }
+                None => {
+                    group.remove(&key);
+                }
+            }
+        }
+        Ok(())
+    }
+    fn clear_changes(&mut self, offset: usize) {
+        if let Some(changed) = self.changed.get_mut(offset) {
+            // Keep small sets' memory for the next interval; give back what a burst grew.
+            if changed.capacity() > 4096 {
+                *changed = FxHashSet::default();
+            } else {
+                changed.clear();
+            }
+        }
+    }
+    fn set_change_tracking(&mut self, on: bool) {
+        self.track_changes = on;
+        self.changed = if on {
+            (0..self.groups.len())
+                .map(|_| FxHashSet::default())
+                .collect()
+        } else {
+            Vec::new()
+        };
+    }
 }
 
 /// Registers the states of a keyed function (Flink: `getRuntimeContext().getState(descriptor)`).
@@ -161,10 +258,16 @@ impl<K: Key> StateRegistry<'_, K> {
         let groups = (0..self.backend.key_groups.len())
             .map(|_| FxMap::default())
             .collect();
-        self.backend.tables.push(Box::new(Table::<K, S> {
+        let mut table = Table::<K, S> {
             name: name.to_string(),
             groups,
-        }));
+            changed: Vec::new(),
+            track_changes: false,
+        };
+        if self.backend.track_changes {
+            table.set_change_tracking(true);
+        }
+        self.backend.tables.push(Box::new(table));
         self.backend.tables.len() - 1
     }
     /// A value state named `name`.
@@ -205,6 +308,7 @@ impl<K: Key> StateRegistry<'_, K> {
 pub struct KeyedStateBackend<K> {
     key_groups: Range<u32>,
     tables: Vec<Box<dyn ErasedTable<K>>>,
+    track_changes: bool,
 }
 
 /// Encoded content of one key group: every state's entries, by state name.
@@ -216,6 +320,16 @@ impl<K: Key> KeyedStateBackend<K> {
         Self {
             key_groups,
             tables: Vec::new(),
+            track_changes: false,
+        }
+    }
+
+    /// Record changed keys from now on (incremental checkpoints). Off by default: then the write
+    /// path costs one branch more than without the feature.
+    pub fn set_change_tracking(&mut self, on: bool) {
+        self.track_changes = on;
+        for table in &mut self.tables {
+            table.set_change_tracking(on);
         }
     }
 
@@ -276,7 +390,9 @@ impl<K: Key> KeyedStateBackend<K> {
         init: impl FnOnce() -> V,
     ) -> &mut V {
         let offset = self.offset(key_group);
-        let group = &mut self.table_mut::<V>(state.index).groups[offset];
+        let group = self
+            .table_mut::<V>(state.index)
+            .group_for_write(offset, key);
         if !group.contains_key(key) {
             group.insert(key.clone(), init());
         }
@@ -286,7 +402,9 @@ impl<K: Key> KeyedStateBackend<K> {
     #[inline]
     pub fn set_value<V: Data>(&mut self, state: ValueState<V>, key_group: u32, key: &K, value: V) {
         let offset = self.offset(key_group);
-        let group = &mut self.table_mut::<V>(state.index).groups[offset];
+        let group = self
+            .table_mut::<V>(state.index)
+            .group_for_write(offset, key);
         match group.get_mut(key) {
             Some(slot) => *slot = value,
             None => {
@@ -302,12 +420,16 @@ impl<K: Key> KeyedStateBackend<K> {
         key: &K,
     ) -> Option<V> {
         let offset = self.offset(key_group);
-        self.table_mut::<V>(state.index).groups[offset].remove(key)
+        self.table_mut::<V>(state.index)
+            .group_for_write(offset, key)
+            .remove(key)
     }
     /// Append to the list of `state` for `key`.
     pub fn list_add<V: Data>(&mut self, state: ListState<V>, key_group: u32, key: &K, value: V) {
         let offset = self.offset(key_group);
-        let group = &mut self.table_mut::<Vec<V>>(state.index).groups[offset];
+        let group = self
+            .table_mut::<Vec<V>>(state.index)
+            .group_for_write(offset, key);
         match group.get_mut(key) {
             Some(list) => list.push(value),
             None => {
@@ -325,7 +447,8 @@ impl<K: Key> KeyedStateBackend<K> {
     /// Remove the list of `state` for `key`.
     pub fn list_clear<V: Data>(&mut self, state: ListState<V>, key_group: u32, key: &K) -> Vec<V> {
         let offset = self.offset(key_group);
-        self.table_mut::<Vec<V>>(state.index).groups[offset]
+        self.table_mut::<Vec<V>>(state.index)
+            .group_for_write(offset, key)
             .remove(key)
             .unwrap_or_default()
     }
@@ -337,7 +460,9 @@ impl<K: Key> KeyedStateBackend<K> {
         key: &K,
     ) -> &mut BTreeMap<MK, MV> {
         let offset = self.offset(key_group);
-        let group = &mut self.table_mut::<BTreeMap<MK, MV>>(state.index).groups[offset];
+        let group = self
+            .table_mut::<BTreeMap<MK, MV>>(state.index)
+            .group_for_write(offset, key);
         if !group.contains_key(key) {
             group.insert(key.clone(), BTreeMap::new());
         }
@@ -361,9 +486,12 @@ impl<K: Key> KeyedStateBackend<K> {
         key: &K,
     ) {
         let offset = self.offset(key_group);
-        let group = &mut self.table_mut::<BTreeMap<MK, MV>>(state.index).groups[offset];
-        if group.get(key).is_some_and(BTreeMap::is_empty) {
-            group.remove(key);
+        let table = self.table_mut::<BTreeMap<MK, MV>>(state.index);
+        if table.groups[offset]
+            .get(key)
+            .is_some_and(BTreeMap::is_empty)
+        {
+            table.group_for_write(offset, key).remove(key);
         }
     }
     /// Fold `value` into the reducing state for `key`.
@@ -376,7 +504,9 @@ impl<K: Key> KeyedStateBackend<K> {
     ) {
         let offset = self.offset(key_group);
         let reduce = Arc::clone(&state.reduce);
-        let group = &mut self.table_mut::<V>(state.index).groups[offset];
+        let group = self
+            .table_mut::<V>(state.index)
+            .group_for_write(offset, key);
         match group.get_mut(key) {
             Some(acc) => reduce(acc, value),
             None => {
@@ -398,22 +528,88 @@ impl<K: Key> KeyedStateBackend<K> {
     /// Encode every non-empty key group: `(key group, blob)` pairs for an `OperatorSnapshot`.
     pub fn snapshot(&self) -> Result<Vec<(u32, Vec<u8>)>, StateError> {
         let mut out = Vec::new();
-        for (offset, key_group) in self.key_groups.clone().enumerate() {
-            let mut blob: GroupBlob = Vec::new();
-            for table in &self.tables {
-                if let Some(bytes) = table.encode_group(offset)? {
-                    blob.push((table.name().to_string(), bytes));
-                }
-            }
-            if !blob.is_empty() {
-                let bytes = bincode::serialize(&blob).map_err(|e| StateError::Encode {
-                    state: "key group".into(),
-                    reason: e.to_string(),
-                })?;
+        for key_group in self.key_groups.clone() {
+            if let Some(bytes) = self.snapshot_group(key_group)? {
                 out.push((key_group, bytes));
             }
         }
         Ok(out)
+    }
+
+    /// Encode one key group as a full image (`None` when it holds nothing).
+    pub fn snapshot_group(&self, key_group: u32) -> Result<Option<Vec<u8>>, StateError> {
+        let offset = self.offset(key_group);
+        let mut blob: GroupBlob = Vec::new();
+        for table in &self.tables {
+            if let Some(bytes) = table.encode_group(offset)? {
+                blob.push((table.name().to_string(), bytes));
+            }
+        }
+        encode_blob(&blob)
+    }
+
+    /// Key groups holding any entry.
+    pub fn groups_with_state(&self) -> impl Iterator<Item = u32> + '_ {
+        self.key_groups.clone().filter(move |kg| {
+            let offset = (kg - self.key_groups.start) as usize;
+            self.tables.iter().any(|t| !t.group_is_empty(offset))
+        })
+    }
+
+    /// Key groups with keys changed since their changes were last taken (change tracking on).
+    pub fn changed_groups(&self) -> impl Iterator<Item = u32> + '_ {
+        self.key_groups.clone().filter(move |kg| {
+            let offset = (kg - self.key_groups.start) as usize;
+            self.tables.iter().any(|t| t.has_changes(offset))
+        })
+    }
+
+    /// Encode the changes of one key group (applied with [`Self::apply_changes`] on top of the
+    /// group's previous image) and forget them. `None` when nothing changed.
+    pub fn take_changes(&mut self, key_group: u32) -> Result<Option<Vec<u8>>, StateError> {
+        let offset = self.offset(key_group);
+        let mut blob: GroupBlob = Vec::new();
+        for table in &mut self.tables {
+            if let Some(bytes) = table.encode_changes(offset)? {
+                blob.push((table.name().to_string(), bytes));
+            }
+            table.clear_changes(offset);
+        }
+        encode_blob(&blob)
+    }
+
+    /// Forget the recorded changes of a key group (its full image was just taken).
+    pub fn forget_changes(&mut self, key_group: u32) {
+        let offset = self.offset(key_group);
+        for table in &mut self.tables {
+            table.clear_changes(offset);
+        }
+    }
+
+    /// Apply change blobs written by [`Self::take_changes`], in the order they were taken, after
+    /// the groups' images were loaded with [`Self::restore`]. Unknown states are ignored and counted.
+    pub fn apply_changes(&mut self, changes: &[(u32, Vec<u8>)]) -> Result<usize, StateError> {
+        let mut unknown = 0;
+        for (key_group, bytes) in changes {
+            let offset = self.checked_offset(*key_group)?;
+            for (name, bytes) in decode_blob(*key_group, bytes)? {
+                match self.tables.iter_mut().find(|t| t.name() == name) {
+                    Some(table) => table.apply_changes(offset, *key_group, &bytes)?,
+                    None => unknown += 1,
+                }
+            }
+        }
+        Ok(unknown)
+    }
+
+    fn checked_offset(&self, key_group: u32) -> Result<usize, StateError> {
+        if !self.key_groups.contains(&key_group) {
+            return Err(StateError::ForeignKeyGroup {
+                key_group,
+                range: self.key_groups.clone(),
+            });
+        }
+        Ok(self.offset(key_group))
     }
 
     /// Load key group blobs written by [`Self::snapshot`] (possibly by other subtasks at another
@@ -421,19 +617,8 @@ impl<K: Key> KeyedStateBackend<K> {
     pub fn restore(&mut self, groups: &[(u32, Vec<u8>)]) -> Result<usize, StateError> {
         let mut unknown = 0;
         for (key_group, bytes) in groups {
-            if !self.key_groups.contains(key_group) {
-                return Err(StateError::ForeignKeyGroup {
-                    key_group: *key_group,
-                    range: self.key_groups.clone(),
-                });
-            }
-            let offset = self.offset(*key_group);
-            let blob: GroupBlob = bincode::deserialize(bytes).map_err(|e| StateError::Decode {
-                state: "key group".into(),
-                key_group: *key_group,
-                reason: e.to_string(),
-            })?;
-            for (name, bytes) in blob {
+            let offset = self.checked_offset(*key_group)?;
+            for (name, bytes) in decode_blob(*key_group, bytes)? {
                 match self.tables.iter_mut().find(|t| t.name() == name) {
                     Some(table) => table.decode_group(offset, *key_group, &bytes)?,
                     None => unknown += 1,
@@ -442,6 +627,26 @@ impl<K: Key> KeyedStateBackend<K> {
         }
         Ok(unknown)
     }
+}
+
+fn encode_blob(blob: &GroupBlob) -> Result<Option<Vec<u8>>, StateError> {
+    if blob.is_empty() {
+        return Ok(None);
+    }
+    bincode::serialize(blob)
+        .map(Some)
+        .map_err(|e| StateError::Encode {
+            state: "key group".into(),
+            reason: e.to_string(),
+        })
+}
+
+fn decode_blob(key_group: u32, bytes: &[u8]) -> Result<GroupBlob, StateError> {
+    bincode::deserialize(bytes).map_err(|e| StateError::Decode {
+        state: "key group".into(),
+        key_group,
+        reason: e.to_string(),
+    })
 }
 
 /// Encode a value for operator list state.
@@ -524,6 +729,81 @@ mod tests {
             }
         }
         assert_eq!(seen, 20);
+    }
+
+    #[test]
+    fn image_plus_changes_equals_the_live_state() {
+        let max = 8;
+        let mut live = KeyedStateBackend::<u64>::new(0..max);
+        let (count, items) = {
+            let mut reg = live.registry();
+            (reg.value::<u64>("count"), reg.list::<u32>("items"))
+        };
+        live.set_change_tracking(true);
+        let mut images = Vec::new();
+        let mut changes = Vec::new();
+        for round in 0..5u64 {
+            for i in 0..40u64 {
+                let key = (i * 7 + round) % 30;
+                let kg = key_group_of(&key, max);
+                *live.value_or_insert_with(count, kg, &key, || 0) += i;
+                live.list_add(items, kg, &key, i as u32);
+                if i % 5 == round {
+                    live.clear_value(count, kg, &key);
+                    live.list_clear(items, kg, &key);
+                }
+            }
+            if round == 0 {
+                // The first round is the image; later rounds are change sets.
+                for kg in 0..max {
+                    if let Some(b) = live.snapshot_group(kg).unwrap() {
+                        images.push((kg, b));
+                    }
+                    live.forget_changes(kg);
+                }
+            } else {
+                let changed: Vec<u32> = live.changed_groups().collect();
+                assert!(!changed.is_empty());
+                for kg in changed {
+                    changes.push((kg, live.take_changes(kg).unwrap().unwrap()));
+                }
+                assert_eq!(
+                    live.changed_groups().count(),
+                    0,
+                    "taking changes forgets them"
+                );
+            }
+        }
+        let mut restored = KeyedStateBackend::<u64>::new(0..max);
+        let (c, l) = {
+            let mut reg = restored.registry();
+            (reg.value::<u64>("count"), reg.list::<u32>("items"))
+        };
+        restored.restore(&images).unwrap();
+        restored.apply_changes(&changes).unwrap();
+        assert_eq!(restored.entries(), live.entries());
+        for key in 0..30u64 {
+            let kg = key_group_of(&key, max);
+            assert_eq!(
+                restored.value(c, kg, &key),
+                live.value(count, kg, &key),
+                "key {key}"
+            );
+            assert_eq!(
+                restored.list(l, kg, &key),
+                live.list(items, kg, &key),
+                "key {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn without_change_tracking_nothing_is_recorded() {
+        let mut b = KeyedStateBackend::<u64>::new(0..4);
+        let v = b.registry().value::<u64>("v");
+        b.set_value(v, 1, &1, 5);
+        assert_eq!(b.changed_groups().count(), 0);
+        assert_eq!(b.take_changes(1).unwrap(), None);
     }
 
     #[test]

@@ -1,24 +1,23 @@
 //! One subtask of a job attempt on its own thread: reads its input channels (honouring barrier
 //! alignment), runs its operator chain, snapshots when a barrier passes and hands the bytes to the
-//! asynchronous uploader, and applies checkpoint notifications from the coordinator.
+//! asynchronous upload queue (`upload.rs`), and applies checkpoint notifications from the coordinator.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Select, Sender};
-use streamjob_checkpoint::layout::SnapshotLayout;
+use streamjob_checkpoint::layout::{SnapshotDir, SnapshotLayout};
 use streamjob_checkpoint::manifest::SnapshotKind;
-use streamjob_checkpoint::state_file::write_state_file;
-use streamjob_checkpoint::store::SnapshotStore;
 
 use crate::alignment::{AlignAction, BarrierAligner};
 use crate::config::CheckpointingMode;
-use crate::control::{CoordinatorEvent, TaskAck, TaskControl, TaskId};
-use crate::operator::{OperatorContext, OperatorSnapshot};
+use crate::control::{CoordinatorEvent, TaskControl, TaskId};
+use crate::operator::{OperatorContext, OperatorSnapshot, StateFileBody};
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::restore::RestoreView;
 use crate::types::{Barrier, EndOfStream, Message, SnapshotType, Timestamp, MIN_WATERMARK};
+use crate::upload::{OperatorUpload, UploadJob, UploadQueue};
 use crate::watermark_alignment::{AlignmentStats, SourceAlignment};
 
 /// Why a task stopped before its input ended.
@@ -54,14 +53,6 @@ impl TaskMetrics {
     }
 }
 
-/// Uploads snapshots off the task thread.
-#[derive(Clone)]
-pub struct Uploader {
-    pub(crate) store: Arc<dyn SnapshotStore>,
-    pub(crate) runtime: tokio::runtime::Handle,
-    pub(crate) attempt: u64,
-}
-
 /// What a task gets from the executor.
 pub struct TaskEnv {
     /// Identity.
@@ -76,8 +67,8 @@ pub struct TaskEnv {
     pub cancelled: Arc<AtomicBool>,
     /// This subtask's view of the snapshot being restored (empty on a fresh start).
     pub restored: RestoreView,
-    /// Snapshot uploader.
-    pub uploader: Uploader,
+    /// This task's upload queue.
+    pub(crate) uploads: UploadQueue,
     /// Alignment mode.
     pub mode: CheckpointingMode,
     /// Records per batch.
@@ -94,74 +85,80 @@ impl TaskEnv {
         let _ = self.events.send(event);
     }
 
-    /// Serialize the snapshot now (the synchronous part), upload it asynchronously, then acknowledge.
+    /// Serialize the snapshot now (the synchronous part) and queue its upload; the upload queue
+    /// acknowledges to the coordinator when the files are stored.
     pub(crate) fn upload(&self, barrier: Barrier, snapshots: Vec<(String, OperatorSnapshot)>) {
         let task = self.id;
-        let key_groups = self.ctx.key_groups.clone();
-        let events = self.events.clone();
         let kind = match barrier.kind {
             SnapshotType::Checkpoint => SnapshotKind::Checkpoint,
             SnapshotType::Savepoint { .. } => SnapshotKind::Savepoint,
         };
-        let dir = SnapshotLayout::dir(kind, self.uploader.attempt, barrier.id);
+        let attempt = self.ctx.attempt;
+        let dir = SnapshotLayout::dir(kind, attempt, barrier.id);
         let started = std::time::Instant::now();
-        let mut encoded = Vec::with_capacity(snapshots.len());
+        let decline = |reason: String| {
+            self.send_event(CoordinatorEvent::Declined {
+                checkpoint_id: barrier.id,
+                task,
+                reason,
+            })
+        };
+        let mut operators = Vec::with_capacity(snapshots.len());
+        let mut encoded_bytes = 0;
         for (operator_id, snapshot) in snapshots {
-            match bincode::serialize(&snapshot) {
-                Ok(bytes) => match SnapshotLayout::state_file(&dir, &operator_id, task.subtask) {
-                    Ok(key) => encoded.push((operator_id, key, Bytes::from(bytes))),
-                    Err(e) => {
-                        self.send_event(CoordinatorEvent::Declined {
-                            checkpoint_id: barrier.id,
-                            task,
-                            reason: format!("invalid operator id {operator_id:?}: {e}"),
-                        });
-                        return;
-                    }
-                },
-                Err(e) => {
-                    self.send_event(CoordinatorEvent::Declined {
-                        checkpoint_id: barrier.id,
-                        task,
-                        reason: format!("failed to encode state of {operator_id}: {e}"),
-                    });
-                    return;
+            let file_in =
+                |dir: &SnapshotDir| SnapshotLayout::state_file(dir, &operator_id, task.subtask);
+            let mut base = Vec::with_capacity(snapshot.base.len());
+            for id in &snapshot.base {
+                match file_in(&SnapshotLayout::dir(SnapshotKind::Checkpoint, attempt, *id)) {
+                    Ok(key) => base.push(key),
+                    Err(e) => return decline(format!("invalid operator id {operator_id:?}: {e}")),
                 }
             }
+            let own = if snapshot.writes_nothing() {
+                None
+            } else {
+                let body = StateFileBody {
+                    keyed: snapshot.keyed,
+                    keyed_changes: snapshot.keyed_changes,
+                    list: snapshot.list,
+                };
+                let bytes = match body.encode() {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        return decline(format!("failed to encode state of {operator_id}: {e}"))
+                    }
+                };
+                let key = match file_in(&dir) {
+                    Ok(key) => key,
+                    Err(e) => return decline(format!("invalid operator id {operator_id:?}: {e}")),
+                };
+                encoded_bytes += bytes.len();
+                Some((key, Bytes::from(bytes)))
+            };
+            operators.push(OperatorUpload {
+                operator_id,
+                base,
+                own,
+            });
         }
         tracing::debug!(
             task = %task,
             checkpoint_id = barrier.id,
-            bytes = encoded.iter().map(|(_, _, b)| b.len()).sum::<usize>(),
+            bytes = encoded_bytes,
             encode_us = started.elapsed().as_micros() as u64,
             "snapshot encoded on the task thread"
         );
-        let store = Arc::clone(&self.uploader.store);
-        self.uploader.runtime.spawn(async move {
-            let mut files = Vec::with_capacity(encoded.len());
-            let mut bytes = 0;
-            for (operator_id, key, body) in encoded {
-                bytes += body.len() as u64;
-                match write_state_file(store.as_ref(), &key, body).await {
-                    Ok(file) => files.push((operator_id, file)),
-                    Err(e) => {
-                        let _ = events.send(CoordinatorEvent::Declined {
-                            checkpoint_id: barrier.id,
-                            task,
-                            reason: format!("failed to upload {key}: {e}"),
-                        });
-                        return;
-                    }
-                }
-            }
-            let _ = events.send(CoordinatorEvent::Ack(TaskAck {
-                checkpoint_id: barrier.id,
-                task,
-                key_groups,
-                files,
-                bytes,
-            }));
-        });
+        let job = UploadJob {
+            checkpoint_id: barrier.id,
+            is_checkpoint: kind == SnapshotKind::Checkpoint,
+            task,
+            key_groups: self.ctx.key_groups.clone(),
+            operators,
+        };
+        if let Err(reason) = self.uploads.push(job) {
+            decline(reason);
+        }
     }
 }
 

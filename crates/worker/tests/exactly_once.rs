@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use streamjob_checkpoint::file_store::FileStore;
+use streamjob_checkpoint::manifest::Manifest;
 use streamjob_checkpoint::store::SnapshotStore;
 use streamjob_engine::config::{CheckpointConfig, JobConfig};
 use streamjob_engine::connectors::file_sink::{committed_files, FileSink};
@@ -37,6 +38,40 @@ fn config(parallelism: u32, interval_ms: u64) -> JobConfig {
             CheckpointConfig::enabled(Duration::from_millis(interval_ms))
                 .with_timeout(Duration::from_secs(20)),
         )
+}
+
+fn incremental_config(parallelism: u32, interval_ms: u64) -> JobConfig {
+    let mut config = config(parallelism, interval_ms);
+    config.checkpoints = config.checkpoints.with_incremental(true);
+    config
+}
+
+/// Completed checkpoint manifests in a file store folder, oldest first.
+fn checkpoint_manifests(snap: &Path) -> Vec<(String, Manifest)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(snap.join("checkpoints")) else {
+        return out;
+    };
+    for entry in entries {
+        let dir = entry.unwrap().path();
+        if let Ok(bytes) = std::fs::read(dir.join("_manifest.json")) {
+            let name = dir.file_name().unwrap().to_string_lossy().to_string();
+            out.push((name, Manifest::from_json(&bytes).unwrap()));
+        }
+    }
+    out.sort_by_key(|(_, m)| (m.attempt, m.checkpoint_id));
+    out
+}
+
+/// Checkpoints whose manifest references a state file of an earlier checkpoint folder.
+fn incremental_manifests(snap: &Path) -> usize {
+    checkpoint_manifests(snap)
+        .iter()
+        .filter(|(name, m)| {
+            m.files()
+                .any(|f| !f.key.starts_with(&format!("checkpoints/{name}/")))
+        })
+        .count()
 }
 
 /// Nexmark bids -> count per auction per 1 s window -> 2PC file sink; `chaos` may panic per record.
@@ -146,8 +181,22 @@ fn assert_same_output(expected: &[String], actual: &[String]) {
 
 #[test]
 fn exactly_once_through_random_operator_failures() {
+    random_operator_failures(false);
+}
+
+#[test]
+fn incremental_checkpoints_are_exactly_once_through_random_operator_failures() {
+    random_operator_failures(true);
+}
+
+fn random_operator_failures(incremental: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let expected = reference(tmp.path());
+    let job_config = if incremental {
+        incremental_config(2, 40)
+    } else {
+        config(2, 40)
+    };
     for seed in [1u64, 2, 3] {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let out = tmp.path().join(format!("out-{seed}"));
@@ -169,7 +218,7 @@ fn exactly_once_through_random_operator_failures() {
             ..RunnerOptions::default()
         };
         let outcome = run_with_restarts(
-            &config(2, 40),
+            &job_config,
             |env| {
                 let n = attempt.fetch_add(1, Ordering::SeqCst);
                 seen.store(0, Ordering::SeqCst);
@@ -202,6 +251,18 @@ fn exactly_once_through_random_operator_failures() {
             other => panic!("seed {seed}: {other:?}"),
         }
         assert_same_output(&expected, &output_lines(&out));
+        let chained = incremental_manifests(&tmp.path().join(format!("snap-{seed}")));
+        if incremental {
+            assert!(
+                chained > 0,
+                "seed {seed}: no checkpoint referenced an earlier one's files"
+            );
+        } else {
+            assert_eq!(
+                chained, 0,
+                "seed {seed}: full checkpoints must be self-contained"
+            );
+        }
     }
 }
 
@@ -351,6 +412,15 @@ fn corrupt_newest_checkpoint_is_skipped_on_restore() {
 
 #[test]
 fn exactly_once_through_snapshot_upload_and_restore_failures() {
+    snapshot_upload_and_restore_failures(false);
+}
+
+#[test]
+fn incremental_checkpoints_are_exactly_once_through_upload_and_restore_failures() {
+    snapshot_upload_and_restore_failures(true);
+}
+
+fn snapshot_upload_and_restore_failures(incremental: bool) {
     use streamjob_checkpoint::memory_store::MemoryStore;
     let tmp = tempfile::tempdir().unwrap();
     let expected = reference(tmp.path());
@@ -366,8 +436,13 @@ fn exactly_once_through_snapshot_upload_and_restore_failures() {
     let attempt = Arc::new(AtomicU64::new(0));
     let mut ticks = 0u64;
     let mut failed_checkpoints = 0u64;
+    let job_config = if incremental {
+        incremental_config(2, 30)
+    } else {
+        config(2, 30)
+    };
     let outcome = run_with_restarts(
-        &config(2, 30),
+        &job_config,
         |env| {
             let n = attempt.fetch_add(1, Ordering::SeqCst);
             let seen = Arc::new(AtomicU64::new(0));
@@ -415,4 +490,86 @@ fn exactly_once_through_snapshot_upload_and_restore_failures() {
         "no checkpoint failed: upload faults were not exercised"
     );
     assert_same_output(&expected, &output_lines(&out));
+}
+
+/// Restores an incremental checkpoint (not a savepoint) at another parallelism: each new subtask
+/// gathers its key groups' images and changes from the old subtasks' chains.
+#[test]
+fn incremental_checkpoint_restores_at_another_parallelism() {
+    let tmp = tempfile::tempdir().unwrap();
+    let expected = reference(tmp.path());
+    for new_parallelism in [1u32, 3] {
+        let out = tmp.path().join(format!("out-{new_parallelism}"));
+        let snap = tmp.path().join(format!("snap-{new_parallelism}"));
+        let store: Arc<dyn SnapshotStore> = Arc::new(FileStore::new(&snap).unwrap());
+        let rt = runtime();
+        // Run at parallelism 2 until several incremental checkpoints completed, then fail hard
+        // (no restarts) so the checkpoints stay as they are.
+        let attempt = Arc::new(AtomicU64::new(0));
+        let options = RunnerOptions {
+            max_restarts: 0,
+            ..RunnerOptions::default()
+        };
+        let snap_for_chaos = snap.clone();
+        let outcome = run_with_restarts(
+            &incremental_config(2, 40),
+            |env| {
+                attempt.fetch_add(1, Ordering::SeqCst);
+                let snap = snap_for_chaos.clone();
+                let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let seen = Arc::new(AtomicU64::new(0));
+                build(
+                    env,
+                    &out,
+                    Some(100_000),
+                    Arc::new(move || {
+                        let n = seen.fetch_add(1, Ordering::Relaxed);
+                        if n.is_multiple_of(1000)
+                            && !failed.load(Ordering::Relaxed)
+                            && incremental_manifests(&snap) >= 3
+                        {
+                            failed.store(true, Ordering::Relaxed);
+                            panic!("injected failure after 3 incremental checkpoints");
+                        }
+                    }),
+                )
+            },
+            Arc::clone(&store),
+            &options,
+            rt.handle(),
+            |_| {},
+            |_| MonitorAction::Continue,
+        );
+        assert!(outcome.is_err(), "the first run should fail: {outcome:?}");
+        let (name, newest) = checkpoint_manifests(&snap).pop().expect("a checkpoint");
+        assert!(
+            newest
+                .files()
+                .any(|f| !f.key.starts_with(&format!("checkpoints/{name}/"))),
+            "the newest checkpoint {name} is not incremental"
+        );
+        assert!(
+            output_lines(&out).len() < expected.len(),
+            "the failure came too late"
+        );
+        let options = RunnerOptions {
+            restore_from: Some(format!("checkpoints/{name}")),
+            ..RunnerOptions::default()
+        };
+        let outcome = run_with_restarts(
+            &incremental_config(new_parallelism, 40),
+            |env| build(env, &out, None, no_chaos()),
+            store,
+            &options,
+            rt.handle(),
+            |_| {},
+            |_| MonitorAction::Continue,
+        )
+        .unwrap();
+        assert!(
+            matches!(outcome, RunOutcome::Finished { .. }),
+            "{outcome:?}"
+        );
+        assert_same_output(&expected, &output_lines(&out));
+    }
 }

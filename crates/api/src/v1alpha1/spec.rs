@@ -262,8 +262,9 @@ pub struct CheckpointSpec {
     #[schemars(range(min = 1, max = 100))]
     pub retained: i32,
 
-    /// Upload only the state that changed since the previous checkpoint and reference the rest.
-    /// Not implemented yet: the flag is accepted, and every checkpoint is still a full snapshot.
+    /// Upload only the keyed state that changed since the previous checkpoint and reference the
+    /// rest (files of earlier checkpoints). Key groups are rewritten in full now and then, spread
+    /// over checkpoints, so restores read short chains. Savepoints are always full.
     #[serde(default)]
     pub incremental: bool,
 

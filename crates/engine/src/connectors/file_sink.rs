@@ -207,8 +207,8 @@ impl<T: Send, F: Fn(&T, &mut String) + Send> StreamOperator<T, ()> for FileSink<
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(OperatorSnapshot {
-            keyed: Vec::new(),
             list,
+            ..OperatorSnapshot::default()
         })
     }
 

@@ -210,6 +210,7 @@ mod tests {
             key_groups: 0..16,
             attempt: 1,
             restored_checkpoint: None,
+            incremental: false,
         }
     }
 

@@ -1,10 +1,16 @@
 //! Keyed process functions (Flink `KeyedProcessFunction`): per-key state through `StateRegistry`
 //! handles, event-time timers, and output. The operator sets the current key, so a function only sees
 //! the state of the record's key. Timers and state are snapshotted per key group.
+//!
+//! With incremental checkpoints a key group is written either as a full image (state + timers) or
+//! as its changes since the previous checkpoint: the changed keys' state and the timer
+//! registrations and removals in order. [`IncrementalChain`] decides which, and which earlier
+//! files the checkpoint references.
 
 use std::collections::BTreeSet;
 use std::marker::PhantomData;
 
+use crate::incremental::{IncrementalChain, RebasePolicy};
 use crate::keygroup::key_group_of;
 use crate::operator::{
     OperatorContext, OperatorError, OperatorSnapshot, Output, RestoredState, StreamOperator,
@@ -12,7 +18,7 @@ use crate::operator::{
 use crate::state::{
     KeyedStateBackend, ListState, MapState, ReducingState, StateRegistry, ValueState,
 };
-use crate::types::{Barrier, Data, EndOfStream, Key, Timestamp, MIN_WATERMARK};
+use crate::types::{Barrier, Data, EndOfStream, Key, SnapshotType, Timestamp, MIN_WATERMARK};
 
 /// A function over a keyed stream with state and timers.
 pub trait KeyedProcessFunction<K: Key, I, O>: Send + 'static {
@@ -37,13 +43,63 @@ pub trait KeyedProcessFunction<K: Key, I, O>: Send + 'static {
 /// Pending event-time timers, ordered by time (then key group and key, for determinism).
 struct Timers<K: Ord> {
     queue: BTreeSet<(Timestamp, u32, K)>,
+    /// Incremental checkpoints: timer registrations (`true`) and removals since the last snapshot,
+    /// per key group offset (empty unless change tracking is on).
+    log: Vec<Vec<TimerChange<K>>>,
+    first_group: u32,
 }
+
+/// A timer registered (`true`) or removed, at a time, for a key.
+type TimerChange<K> = (bool, Timestamp, K);
 
 impl<K: Ord> Default for Timers<K> {
     fn default() -> Self {
         Self {
             queue: BTreeSet::new(),
+            log: Vec::new(),
+            first_group: 0,
         }
+    }
+}
+
+impl<K: Key> Timers<K> {
+    fn track_changes(&mut self, key_groups: std::ops::Range<u32>) {
+        self.first_group = key_groups.start;
+        self.log = key_groups.map(|_| Vec::new()).collect();
+    }
+    #[inline]
+    fn record(&mut self, added: bool, ts: Timestamp, key_group: u32, key: &K) {
+        if let Some(log) = self.log.get_mut((key_group - self.first_group) as usize) {
+            log.push((added, ts, key.clone()));
+        }
+    }
+    fn insert(&mut self, ts: Timestamp, key_group: u32, key: &K) {
+        if self.queue.insert((ts, key_group, key.clone())) {
+            self.record(true, ts, key_group, key);
+        }
+    }
+    fn remove(&mut self, ts: Timestamp, key_group: u32, key: &K) {
+        if self.queue.remove(&(ts, key_group, key.clone())) {
+            self.record(false, ts, key_group, key);
+        }
+    }
+    fn pop_first(&mut self) -> Option<(Timestamp, u32, K)> {
+        let first = self.queue.pop_first()?;
+        self.record(false, first.0, first.1, &first.2);
+        Some(first)
+    }
+    fn changed_groups(&self) -> impl Iterator<Item = u32> + '_ {
+        self.log
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| !l.is_empty())
+            .map(|(i, _)| self.first_group + i as u32)
+    }
+    fn take_changes(&mut self, key_group: u32) -> Vec<TimerChange<K>> {
+        self.log
+            .get_mut((key_group - self.first_group) as usize)
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 }
 
@@ -72,15 +128,11 @@ impl<K: Key, O> KeyedContext<'_, K, O> {
     }
     /// Fire `on_timer` when the watermark reaches `timestamp` (one timer per key and time).
     pub fn register_event_time_timer(&mut self, timestamp: Timestamp) {
-        self.timers
-            .queue
-            .insert((timestamp, self.key_group, self.key.clone()));
+        self.timers.insert(timestamp, self.key_group, self.key);
     }
     /// Cancel a timer of the current key.
     pub fn delete_event_time_timer(&mut self, timestamp: Timestamp) {
-        self.timers
-            .queue
-            .remove(&(timestamp, self.key_group, self.key.clone()));
+        self.timers.remove(timestamp, self.key_group, self.key);
     }
     /// Value state of the current key.
     pub fn value<V: Data>(&self, state: ValueState<V>) -> Option<&V> {
@@ -147,6 +199,8 @@ impl<K: Key, O> KeyedContext<'_, K, O> {
 
 /// Snapshot of one key group: encoded state and the group's timers.
 type GroupSnapshot<K> = (Vec<u8>, Vec<(Timestamp, K)>);
+/// Changes of one key group: encoded state changes (empty: none) and timer changes in order.
+type GroupChanges<K> = (Vec<u8>, Vec<TimerChange<K>>);
 
 /// Runs a [`KeyedProcessFunction`] on a hash-partitioned stream.
 pub struct KeyedProcessOperator<K: Key, I, O, F, KF> {
@@ -156,6 +210,8 @@ pub struct KeyedProcessOperator<K: Key, I, O, F, KF> {
     timers: Timers<K>,
     max_parallelism: u32,
     watermark: Timestamp,
+    /// `Some` with incremental checkpoints.
+    chain: Option<IncrementalChain>,
     _io: PhantomData<fn(I) -> O>,
 }
 
@@ -174,6 +230,7 @@ where
             timers: Timers::default(),
             max_parallelism: 1,
             watermark: MIN_WATERMARK,
+            chain: None,
             _io: PhantomData,
         }
     }
@@ -184,7 +241,112 @@ where
             self.function.open(&mut backend.registry());
             self.state = Some(backend);
             self.max_parallelism = ctx.max_parallelism;
+            if ctx.incremental {
+                self.chain = Some(IncrementalChain::new(RebasePolicy::default()));
+            }
         }
+    }
+
+    /// Change tracking starts after a restore, so restored entries do not count as changes (the
+    /// first checkpoint after a restore writes full images anyway).
+    fn start_change_tracking(&mut self, ctx: &OperatorContext) {
+        if self.chain.is_some() {
+            if let Some(state) = self.state.as_mut() {
+                state.set_change_tracking(true);
+            }
+            self.timers.track_changes(ctx.key_groups.clone());
+        }
+    }
+
+    fn encode_error(e: impl std::fmt::Display) -> OperatorError {
+        OperatorError::StateEncode {
+            operator: "keyed-process".into(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// Every group's full image (savepoints, checkpoints without incremental).
+    fn full_snapshot(&self) -> Result<OperatorSnapshot, OperatorError> {
+        let state = self
+            .state
+            .as_ref()
+            .expect("operator opened before snapshot");
+        let mut by_group: std::collections::BTreeMap<u32, GroupSnapshot<K>> = state
+            .snapshot()
+            .map_err(Self::encode_error)?
+            .into_iter()
+            .map(|(kg, bytes)| (kg, (bytes, Vec::new())))
+            .collect();
+        for (ts, kg, key) in &self.timers.queue {
+            by_group.entry(*kg).or_default().1.push((*ts, key.clone()));
+        }
+        let mut keyed = Vec::with_capacity(by_group.len());
+        for (kg, group) in by_group {
+            keyed.push((kg, bincode::serialize(&group).map_err(Self::encode_error)?));
+        }
+        Ok(OperatorSnapshot {
+            keyed,
+            ..OperatorSnapshot::default()
+        })
+    }
+
+    /// An incremental checkpoint: images for the groups the chain plans, changes for the rest.
+    fn incremental_snapshot(
+        &mut self,
+        checkpoint_id: u64,
+    ) -> Result<OperatorSnapshot, OperatorError> {
+        let state = self
+            .state
+            .as_mut()
+            .expect("operator opened before snapshot");
+        let chain = self
+            .chain
+            .as_mut()
+            .expect("incremental snapshot with a chain");
+        // Groups holding state matter only when the chain starts (then all are written in full).
+        let mut holding: BTreeSet<u32> = BTreeSet::new();
+        if !chain.is_started() {
+            holding.extend(state.groups_with_state());
+            holding.extend(self.timers.queue.iter().map(|(_, kg, _)| *kg));
+        }
+        let mut changed: BTreeSet<u32> = state.changed_groups().collect();
+        changed.extend(self.timers.changed_groups());
+        let plan = chain.plan(holding, changed);
+
+        let mut snapshot = OperatorSnapshot::default();
+        let mut image_sizes = Vec::with_capacity(plan.images.len());
+        if !plan.images.is_empty() {
+            let mut timers_of: std::collections::BTreeMap<u32, Vec<(Timestamp, K)>> =
+                std::collections::BTreeMap::new();
+            for (ts, kg, key) in &self.timers.queue {
+                if plan.images.contains(kg) {
+                    timers_of.entry(*kg).or_default().push((*ts, key.clone()));
+                }
+            }
+            for kg in &plan.images {
+                let state_bytes = state.snapshot_group(*kg).map_err(Self::encode_error)?;
+                state.forget_changes(*kg);
+                self.timers.take_changes(*kg);
+                // An emptied group still gets an (empty) image: it supersedes the older one that
+                // another group's reference keeps in the file list.
+                let timers = timers_of.remove(kg).unwrap_or_default();
+                let group: GroupSnapshot<K> = (state_bytes.unwrap_or_default(), timers);
+                let bytes = bincode::serialize(&group).map_err(Self::encode_error)?;
+                image_sizes.push((*kg, Some(bytes.len() as u64)));
+                snapshot.keyed.push((*kg, bytes));
+            }
+        }
+        let mut change_sizes = Vec::with_capacity(plan.changes.len());
+        for kg in &plan.changes {
+            let state_changes = state.take_changes(*kg).map_err(Self::encode_error)?;
+            let timer_changes = self.timers.take_changes(*kg);
+            let group: GroupChanges<K> = (state_changes.unwrap_or_default(), timer_changes);
+            let bytes = bincode::serialize(&group).map_err(Self::encode_error)?;
+            change_sizes.push((*kg, bytes.len() as u64));
+            snapshot.keyed_changes.push((*kg, bytes));
+        }
+        snapshot.base = chain.record(checkpoint_id, &image_sizes, &change_sizes);
+        Ok(snapshot)
     }
 
     fn fire_timers(
@@ -197,7 +359,7 @@ where
             if first.0 > watermark {
                 break;
             }
-            let (ts, key_group, key) = self.timers.queue.pop_first().expect("non-empty");
+            let (ts, key_group, key) = self.timers.pop_first().expect("non-empty");
             let mut ctx = KeyedContext {
                 key: &key,
                 key_group,
@@ -245,7 +407,26 @@ where
             }
         }
         let state = self.state.as_mut().expect("created above");
-        let unknown = state.restore(&state_groups).map_err(decode)?;
+        let mut unknown = state.restore(&state_groups).map_err(decode)?;
+        let mut state_changes = Vec::with_capacity(restored.keyed_changes.len());
+        for (key_group, bytes) in restored.keyed_changes {
+            let (changes, timer_changes): GroupChanges<K> =
+                bincode::deserialize(&bytes).map_err(|e| OperatorError::StateDecode {
+                    operator: ctx.operator_id.clone(),
+                    reason: format!("changes of key group {key_group}: {e}"),
+                })?;
+            for (added, ts, key) in timer_changes {
+                if added {
+                    self.timers.queue.insert((ts, key_group, key));
+                } else {
+                    self.timers.queue.remove(&(ts, key_group, key));
+                }
+            }
+            if !changes.is_empty() {
+                state_changes.push((key_group, changes));
+            }
+        }
+        unknown += state.apply_changes(&state_changes).map_err(decode)?;
         if unknown > 0 {
             tracing::warn!(operator = %ctx.operator_id, unknown, "dropped state entries this job version does not declare");
         }
@@ -254,6 +435,7 @@ where
 
     fn open(&mut self, ctx: &OperatorContext) -> Result<(), OperatorError> {
         self.ensure_state(ctx);
+        self.start_change_tracking(ctx);
         Ok(())
     }
 
@@ -288,35 +470,23 @@ where
         Ok(())
     }
 
-    fn snapshot(&mut self, _barrier: &Barrier) -> Result<OperatorSnapshot, OperatorError> {
-        let state = self
-            .state
-            .as_ref()
-            .expect("operator opened before snapshot");
-        let encode = |e: String| OperatorError::StateEncode {
-            operator: "keyed-process".into(),
-            reason: e,
-        };
-        let mut by_group: std::collections::BTreeMap<u32, GroupSnapshot<K>> = state
-            .snapshot()
-            .map_err(|e| encode(e.to_string()))?
-            .into_iter()
-            .map(|(kg, bytes)| (kg, (bytes, Vec::new())))
-            .collect();
-        for (ts, kg, key) in &self.timers.queue {
-            by_group.entry(*kg).or_default().1.push((*ts, key.clone()));
+    fn snapshot(&mut self, barrier: &Barrier) -> Result<OperatorSnapshot, OperatorError> {
+        match (&barrier.kind, self.chain.is_some()) {
+            // Savepoints are self-contained and leave the incremental chain untouched.
+            (SnapshotType::Checkpoint, true) => self.incremental_snapshot(barrier.id),
+            _ => self.full_snapshot(),
         }
-        let mut keyed = Vec::with_capacity(by_group.len());
-        for (kg, group) in by_group {
-            keyed.push((
-                kg,
-                bincode::serialize(&group).map_err(|e| encode(e.to_string()))?,
-            ));
+    }
+
+    fn notify_checkpoint_aborted(&mut self, checkpoint_id: u64) {
+        // The aborted checkpoint's files may be missing (a failed upload): build on nothing.
+        if let Some(chain) = self.chain.as_mut() {
+            tracing::debug!(
+                checkpoint_id,
+                "checkpoint aborted: the next checkpoint writes full images"
+            );
+            chain.reset();
         }
-        Ok(OperatorSnapshot {
-            keyed,
-            list: Vec::new(),
-        })
     }
 
     fn end_of_input(&mut self, end: EndOfStream, out: &mut Output<O>) -> Result<(), OperatorError> {

@@ -190,8 +190,8 @@ where
             list.push(encode_entry(entry).map_err(encode)?);
         }
         Ok(OperatorSnapshot {
-            keyed: Vec::new(),
             list,
+            ..OperatorSnapshot::default()
         })
     }
 }
@@ -260,12 +260,13 @@ mod tests {
             key_groups: 0..4,
             attempt: 2,
             restored_checkpoint: Some(1),
+            incremental: false,
         };
         b.restore(
             &ctx,
             RestoredState {
-                keyed: Vec::new(),
                 list: snap.list,
+                ..RestoredState::default()
             },
         )
         .unwrap();

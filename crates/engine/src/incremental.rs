@@ -1,0 +1,293 @@
+//! Incremental checkpoints of one keyed operator instance: which key groups a checkpoint writes as
+//! full images, which as changes, and which earlier checkpoint files it still references.
+//!
+//! Pure bookkeeping, no I/O. A key group's state in a checkpoint is its last full image plus the
+//! changes written after it, each in the file of the checkpoint that wrote it
+//! (`checkpoints/<attempt>-<id>/<operator>-<subtask>.state`). So a checkpoint uploads what changed
+//! and references the rest. To keep restores short, a group is rewritten in full ("rebased") once
+//! its chain is long or its changes outweigh its image; rebases are spread over checkpoints (a
+//! bounded share of the groups each time), so no checkpoint has to rewrite the whole state.
+//!
+//! Savepoints never use this: they are always full and self-contained, and leave the chain alone.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// When a key group is rewritten in full.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RebasePolicy {
+    /// A group with this many change sets after its image is rebased.
+    pub max_changes: usize,
+    /// A group whose change sets together exceed this multiple of its image size is rebased.
+    pub max_change_ratio: f64,
+    /// At most this share of the groups with state is rebased by one checkpoint (at least one).
+    pub max_rebase_share: f64,
+}
+
+impl Default for RebasePolicy {
+    fn default() -> Self {
+        Self {
+            max_changes: 8,
+            max_change_ratio: 1.0,
+            max_rebase_share: 0.25,
+        }
+    }
+}
+
+/// What one key group's state is made of right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct GroupChain {
+    /// Checkpoint whose file holds the full image.
+    image_checkpoint: u64,
+    image_bytes: u64,
+    /// Checkpoints whose files hold changes after the image, oldest first.
+    change_checkpoints: Vec<u64>,
+    change_bytes: u64,
+}
+
+impl GroupChain {
+    /// How urgently the group needs a rebase (larger first); `None` when it does not yet.
+    fn pressure(&self, policy: &RebasePolicy) -> Option<f64> {
+        let ratio = self.change_bytes as f64 / self.image_bytes.max(1) as f64;
+        let long = self.change_checkpoints.len() >= policy.max_changes;
+        (long || ratio > policy.max_change_ratio)
+            .then(|| ratio.max(self.change_checkpoints.len() as f64 / policy.max_changes as f64))
+    }
+}
+
+/// The plan for one checkpoint of an operator instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotPlan {
+    /// Key groups to write as full images (every group with state when the chain starts over).
+    pub images: BTreeSet<u32>,
+    /// Changed key groups to write as change sets.
+    pub changes: BTreeSet<u32>,
+}
+
+/// The incremental chain of one keyed operator instance.
+#[derive(Debug, Clone, Default)]
+pub struct IncrementalChain {
+    policy: RebasePolicy,
+    groups: BTreeMap<u32, GroupChain>,
+    started: bool,
+}
+
+impl IncrementalChain {
+    /// An empty chain: the first checkpoint writes every group in full.
+    pub fn new(policy: RebasePolicy) -> Self {
+        Self {
+            policy,
+            groups: BTreeMap::new(),
+            started: false,
+        }
+    }
+
+    /// Start over: the next checkpoint writes every group in full and references nothing. Used
+    /// when files the chain builds on may be lost (an aborted checkpoint).
+    pub fn reset(&mut self) {
+        self.groups.clear();
+        self.started = false;
+    }
+
+    /// Decide the next checkpoint: `with_state` are the groups holding state, `changed` the groups
+    /// with changes since the last checkpoint.
+    pub fn plan(
+        &self,
+        with_state: impl IntoIterator<Item = u32>,
+        changed: impl IntoIterator<Item = u32>,
+    ) -> SnapshotPlan {
+        let changed: BTreeSet<u32> = changed.into_iter().collect();
+        if !self.started {
+            let mut images: BTreeSet<u32> = with_state.into_iter().collect();
+            images.extend(&changed);
+            return SnapshotPlan {
+                images,
+                changes: BTreeSet::new(),
+            };
+        }
+        // Changed groups the chain has never seen start with an image.
+        let mut images: BTreeSet<u32> = changed
+            .iter()
+            .copied()
+            .filter(|g| !self.groups.contains_key(g))
+            .collect();
+        let mut due: Vec<(f64, u32)> = self
+            .groups
+            .iter()
+            .filter_map(|(g, c)| c.pressure(&self.policy).map(|p| (p, *g)))
+            .collect();
+        due.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let budget =
+            ((self.groups.len() as f64 * self.policy.max_rebase_share).ceil() as usize).max(1);
+        images.extend(due.into_iter().take(budget).map(|(_, g)| g));
+        let changes = changed.difference(&images).copied().collect();
+        SnapshotPlan { images, changes }
+    }
+
+    /// Record what checkpoint `checkpoint_id` wrote (`images` and `changes` as `(group, bytes)`;
+    /// an image of `None` means the group is now empty) and return the earlier checkpoints whose
+    /// files it still references, oldest first.
+    pub fn record(
+        &mut self,
+        checkpoint_id: u64,
+        images: &[(u32, Option<u64>)],
+        changes: &[(u32, u64)],
+    ) -> Vec<u64> {
+        self.started = true;
+        for (group, bytes) in images {
+            match bytes {
+                Some(bytes) => {
+                    self.groups.insert(
+                        *group,
+                        GroupChain {
+                            image_checkpoint: checkpoint_id,
+                            image_bytes: *bytes,
+                            change_checkpoints: Vec::new(),
+                            change_bytes: 0,
+                        },
+                    );
+                }
+                None => {
+                    self.groups.remove(group);
+                }
+            }
+        }
+        for (group, bytes) in changes {
+            if let Some(chain) = self.groups.get_mut(group) {
+                chain.change_checkpoints.push(checkpoint_id);
+                chain.change_bytes += bytes;
+            }
+        }
+        self.referenced()
+            .into_iter()
+            .filter(|id| *id != checkpoint_id)
+            .collect()
+    }
+
+    /// False until the first checkpoint is recorded (and after a reset).
+    pub fn is_started(&self) -> bool {
+        self.started
+    }
+
+    /// Every checkpoint whose file the current state needs, oldest first.
+    pub fn referenced(&self) -> Vec<u64> {
+        let ids: BTreeSet<u64> = self
+            .groups
+            .values()
+            .flat_map(|c| {
+                std::iter::once(c.image_checkpoint).chain(c.change_checkpoints.iter().copied())
+            })
+            .collect();
+        ids.into_iter().collect()
+    }
+
+    /// Longest chain of any group (image + change sets): what a restore reads at most per group.
+    pub fn max_chain_len(&self) -> usize {
+        self.groups
+            .values()
+            .map(|c| 1 + c.change_checkpoints.len())
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_checkpoint(
+        chain: &mut IncrementalChain,
+        id: u64,
+        groups: &[u32],
+    ) -> (SnapshotPlan, Vec<u64>) {
+        let plan = chain.plan(groups.iter().copied(), groups.iter().copied());
+        let images: Vec<(u32, Option<u64>)> =
+            plan.images.iter().map(|g| (*g, Some(1000))).collect();
+        let changes: Vec<(u32, u64)> = plan.changes.iter().map(|g| (*g, 50)).collect();
+        let base = chain.record(id, &images, &changes);
+        (plan, base)
+    }
+
+    #[test]
+    fn first_checkpoint_is_full_then_only_changes() {
+        let mut chain = IncrementalChain::new(RebasePolicy::default());
+        let plan = chain.plan([0, 1, 2], [1]);
+        assert_eq!(plan.images, BTreeSet::from([0, 1, 2]));
+        assert!(plan.changes.is_empty());
+        assert!(chain
+            .record(1, &[(0, Some(10)), (1, Some(10)), (2, Some(10))], &[])
+            .is_empty());
+
+        let plan = chain.plan([0, 1, 2], [1]);
+        assert_eq!(plan.changes, BTreeSet::from([1]));
+        assert!(plan.images.is_empty());
+        assert_eq!(chain.record(2, &[], &[(1, 2)]), vec![1]);
+        assert_eq!(chain.referenced(), vec![1, 2]);
+    }
+
+    #[test]
+    fn new_groups_start_with_an_image_and_emptied_groups_leave_the_chain() {
+        let mut chain = IncrementalChain::new(RebasePolicy::default());
+        chain.record(1, &[(0, Some(10))], &[]);
+        let plan = chain.plan([0, 5], [5]);
+        assert_eq!(plan.images, BTreeSet::from([5]));
+        chain.record(2, &[(5, Some(10)), (0, None)], &[]);
+        assert_eq!(chain.referenced(), vec![2]);
+    }
+
+    #[test]
+    fn chains_stay_short_and_rebases_are_spread() {
+        // 64 groups, every group changes every checkpoint: the worst case for incremental.
+        let groups: Vec<u32> = (0..64).collect();
+        let policy = RebasePolicy::default();
+        let mut chain = IncrementalChain::new(policy);
+        let mut max_images_after_first = 0;
+        for id in 1..=200u64 {
+            let (plan, base) = run_checkpoint(&mut chain, id, &groups);
+            assert!(
+                base.iter().all(|b| *b < id),
+                "references only earlier files"
+            );
+            assert!(
+                chain.max_chain_len() <= policy.max_changes + 1 + 3,
+                "chain {}",
+                chain.max_chain_len()
+            );
+            if id > 1 {
+                max_images_after_first = max_images_after_first.max(plan.images.len());
+            }
+            assert_eq!(
+                plan.images.len() + plan.changes.len(),
+                64,
+                "every changed group written"
+            );
+        }
+        assert!(
+            max_images_after_first <= 16,
+            "at most a quarter rebased at once: {max_images_after_first}"
+        );
+    }
+
+    #[test]
+    fn heavy_changes_trigger_a_rebase_before_the_length_limit() {
+        let mut chain = IncrementalChain::new(RebasePolicy::default());
+        chain.record(1, &[(0, Some(100))], &[]);
+        chain.record(2, &[], &[(0, 80)]);
+        assert!(chain.plan([0], [0]).changes.contains(&0));
+        chain.record(3, &[], &[(0, 80)]);
+        let plan = chain.plan([0], [0]);
+        assert!(plan.images.contains(&0), "changes 160 B > image 100 B");
+        assert_eq!(chain.record(4, &[(0, Some(100))], &[]), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn reset_starts_over_with_images() {
+        let mut chain = IncrementalChain::new(RebasePolicy::default());
+        chain.record(1, &[(0, Some(10)), (1, Some(10))], &[]);
+        chain.reset();
+        let plan = chain.plan([0, 1], []);
+        assert_eq!(plan.images, BTreeSet::from([0, 1]));
+        assert!(chain
+            .record(2, &[(0, Some(10)), (1, Some(10))], &[])
+            .is_empty());
+    }
+}
