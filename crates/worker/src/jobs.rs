@@ -20,6 +20,7 @@ use std::sync::Arc;
 use streamjob_engine::config::WatermarkAlignment;
 use streamjob_engine::connectors::file_sink::FileSink;
 use streamjob_engine::connectors::nexmark::{Event, NexmarkConfig, NexmarkSource};
+use streamjob_engine::connectors::s3_sink::{S3Options, S3Output, S3SinkError};
 use streamjob_engine::operators::window::{Count, WindowAssigner, WindowResult};
 use streamjob_engine::stream::{DataStream, StreamEnv};
 use streamjob_engine::types::Data;
@@ -29,6 +30,8 @@ use streamjob_engine::types::Data;
 pub(crate) enum ResultSink {
     /// The exactly-once (two-phase-commit) file sink, into this folder.
     Files(PathBuf),
+    /// The exactly-once (two-phase-commit) S3 sink, under this `s3://bucket/prefix`.
+    S3(S3Output),
     /// Nowhere (benchmarks without output I/O).
     Discard,
 }
@@ -41,6 +44,7 @@ impl ResultSink {
     ) -> Box<dyn streamjob_engine::operator::StreamOperator<T, ()>> {
         match self {
             ResultSink::Files(dir) => Box::new(FileSink::new(dir.clone(), format)),
+            ResultSink::S3(output) => Box::new(output.sink(format)),
             ResultSink::Discard => Box::new(streamjob_engine::connectors::discard::DiscardSink),
         }
     }
@@ -90,6 +94,9 @@ pub use streamjob_api::BUILTIN_JOBS;
 pub struct JobParams {
     job: String,
     values: BTreeMap<String, String>,
+    /// S3 settings of an `s3://` output (the snapshots' `storage.s3` ones; the environment fills in
+    /// the rest).
+    s3: S3Options,
 }
 
 impl JobParams {
@@ -102,7 +109,14 @@ impl JobParams {
         Self {
             job: job.to_string(),
             values,
+            s3: S3Options::default(),
         }
+    }
+    /// With the S3 settings (endpoint, region, path style, keys) an `s3://` output uses; unset
+    /// fields come from the environment (`S3_ENDPOINT`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, ...).
+    pub fn with_s3(mut self, s3: S3Options) -> Self {
+        self.s3 = s3;
+        self
     }
     fn check_known(&self, known: &[&str]) -> Result<(), JobSpecError> {
         for key in self.values.keys() {
@@ -159,8 +173,9 @@ impl JobParams {
                 }),
         }
     }
-    /// Where results go: `sink: file` (default) writes them with the exactly-once file sink into
-    /// `output`; `sink: discard` drops them (benchmarks), and `output` is not needed.
+    /// Where results go: `sink: file` (default) writes them exactly once into `output`, a folder
+    /// (the file sink) or `s3://bucket/prefix` (the S3 sink, with the S3 settings of the job's
+    /// storage); `sink: discard` drops them (benchmarks), and `output` is not needed.
     fn output(&self) -> Result<ResultSink, JobSpecError> {
         match self.values.get("sink").map(String::as_str) {
             None | Some("file") => {}
@@ -178,24 +193,30 @@ impl JobParams {
             .ok_or_else(|| JobSpecError::Missing {
                 job: self.job.clone(),
                 param: "output".into(),
-                hint: "the folder committed results are written to (or set sink=discard)".into(),
+                hint: "the folder or s3://bucket/prefix committed results are written to (or set sink=discard)".into(),
             })?;
+        if value.starts_with("s3://") {
+            return S3Output::parse(value, self.s3.clone().with_env_defaults())
+                .map(ResultSink::S3)
+                .map_err(|e| {
+                    self.invalid(
+                        "output",
+                        match e {
+                            S3SinkError::InvalidUrl { reason, .. } => reason,
+                            other => other.to_string(),
+                        },
+                    )
+                });
+        }
         let path = value.strip_prefix("file://").unwrap_or(value);
         if path.is_empty() {
-            return Err(JobSpecError::Invalid {
-                job: self.job.clone(),
-                param: "output".into(),
-                value: value.clone(),
-                reason: "empty path".into(),
-            });
+            return Err(self.invalid("output", "empty path"));
         }
-        if value.starts_with("s3://") {
-            return Err(JobSpecError::Invalid {
-                job: self.job.clone(),
-                param: "output".into(),
-                value: value.clone(),
-                reason: "the file sink writes to a local or mounted folder; S3 output is not supported yet".into(),
-            });
+        if path.contains("://") {
+            return Err(self.invalid(
+                "output",
+                "unsupported scheme; use a folder path, file:///path or s3://bucket/prefix",
+            ));
         }
         Ok(ResultSink::Files(PathBuf::from(path)))
     }

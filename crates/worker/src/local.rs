@@ -126,7 +126,14 @@ pub fn prepare_job(job: &StreamJob, options: &LocalOptions) -> Result<LocalJob, 
     for (k, v) in &options.set {
         params.insert(k.clone(), v.clone());
     }
-    let params = JobParams::new(&job_name, params);
+    // An `s3://` output reaches S3 with the snapshots' settings (same endpoint, region, path style).
+    let s3 = spec
+        .storage
+        .s3
+        .as_ref()
+        .map(s3_settings)
+        .unwrap_or_default();
+    let params = JobParams::new(&job_name, params).with_s3(s3.clone());
     jobs::validate(&params, parallelism as u32)?;
 
     let c = &spec.checkpoint;
@@ -169,12 +176,7 @@ pub fn prepare_job(job: &StreamJob, options: &LocalOptions) -> Result<LocalJob, 
         config,
         params,
         storage_url,
-        s3: spec
-            .storage
-            .s3
-            .as_ref()
-            .map(s3_settings)
-            .unwrap_or_default(),
+        s3,
         runner,
     })
 }

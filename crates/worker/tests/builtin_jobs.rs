@@ -340,3 +340,37 @@ fn local_mode_takes_the_s3_endpoint_region_and_path_style_from_the_manifest() {
     // Credentials are never in the manifest: the environment (the operator's Secret) gives them.
     assert_eq!(job.s3.access_key_id, None);
 }
+
+#[test]
+fn output_may_be_an_s3_url_and_bad_ones_say_why() {
+    let job = |output: &str| {
+        JobParams::new(
+            "windowed-count",
+            BTreeMap::from([
+                ("events".into(), "10".into()),
+                ("output".into(), output.into()),
+            ]),
+        )
+    };
+    validate(&job("s3://results/runs/one"), 2).expect("S3 output");
+    validate(&job("s3://results"), 2).expect("S3 output at the bucket root");
+    for (bad, says) in [
+        ("s3://Results/x", "lowercase"),
+        ("s3://ab", "3 to 63"),
+        ("s3://results/a/../b", "prefix"),
+        ("http://host/x", "unsupported scheme"),
+    ] {
+        let err = validate(&job(bad), 2).unwrap_err();
+        assert!(
+            matches!(err, JobSpecError::Invalid { ref param, .. } if param == "output"),
+            "{bad}: {err}"
+        );
+        assert!(err.to_string().contains(says), "{bad}: {err}");
+    }
+    let half_keys = streamjob_checkpoint::url::S3Options {
+        access_key_id: Some("key-without-secret".into()),
+        ..Default::default()
+    };
+    let err = validate(&job("s3://results/x").with_s3(half_keys), 2).unwrap_err();
+    assert!(err.to_string().contains("AWS_SECRET_ACCESS_KEY"), "{err}");
+}
