@@ -60,8 +60,11 @@ pub struct CompletedSnapshot {
     pub kind: SnapshotType,
     /// Full location of the snapshot directory.
     pub location: String,
-    /// Bytes of state.
+    /// Bytes of state (every file the manifest lists).
     pub size_bytes: u64,
+    /// Bytes this snapshot uploaded (less than `size_bytes` when incremental).
+    #[serde(default)]
+    pub uploaded_bytes: u64,
     /// Trigger to completion.
     pub duration: Duration,
     /// Completion time (unix ms).
@@ -83,6 +86,8 @@ pub struct JobProgress {
     pub durations_ms: Vec<u64>,
     /// Sizes of the completed snapshots in this attempt (bytes), in completion order.
     pub sizes_bytes: Vec<u64>,
+    /// Bytes uploaded by each completed snapshot, in completion order.
+    pub uploaded_bytes: Vec<u64>,
     /// When the coordinator started (the tasks run from here; restore is done).
     pub run_started: Option<Instant>,
     /// When every source had emitted its last record (bounded jobs).
@@ -607,6 +612,7 @@ fn complete(
         kind: p.barrier.kind,
         location: setup.store.location(&dir.path()),
         size_bytes: manifest.total_size(),
+        uploaded_bytes: p.acks.iter().map(|a| a.bytes).sum(),
         duration: p.started.elapsed(),
         completed_at_ms: now_ms(),
     };
@@ -614,6 +620,7 @@ fn complete(
         checkpoint_id = done.id,
         kind = ?done.kind,
         bytes = done.size_bytes,
+        uploaded_bytes = done.uploaded_bytes,
         duration_ms = done.duration.as_millis() as u64,
         location = %done.location,
         "snapshot complete"
@@ -623,6 +630,7 @@ fn complete(
         progress.completed += 1;
         progress.durations_ms.push(done.duration.as_millis() as u64);
         progress.sizes_bytes.push(done.size_bytes);
+        progress.uploaded_bytes.push(done.uploaded_bytes);
         match done.kind {
             SnapshotType::Checkpoint => progress.last_checkpoint = Some(done.clone()),
             SnapshotType::Savepoint { .. } => progress.last_savepoint = Some(done.clone()),

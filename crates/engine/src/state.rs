@@ -114,6 +114,8 @@ trait ErasedTable<K>: Send {
     fn as_any(&self) -> &dyn Any;
     fn as_any_mut(&mut self) -> &mut dyn Any;
     fn encode_group(&self, offset: usize) -> Result<Option<Vec<u8>>, StateError>;
+    /// Append the group's bincode encoding to `out` (what `encode_group` returns).
+    fn encode_group_into(&self, offset: usize, out: &mut Vec<u8>) -> Result<(), StateError>;
     fn decode_group(
         &mut self,
         offset: usize,
@@ -144,6 +146,12 @@ impl<K: Key, S: Data> ErasedTable<K> for Table<K, S> {
     }
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
+    }
+    fn encode_group_into(&self, offset: usize, out: &mut Vec<u8>) -> Result<(), StateError> {
+        bincode::serialize_into(out, &self.groups[offset]).map_err(|e| StateError::Encode {
+            state: self.name.clone(),
+            reason: e.to_string(),
+        })
     }
     fn encode_group(&self, offset: usize) -> Result<Option<Vec<u8>>, StateError> {
         let group = &self.groups[offset];
@@ -548,6 +556,33 @@ impl<K: Key> KeyedStateBackend<K> {
         encode_blob(&blob)
     }
 
+    /// Append one key group's full image to `out` framed as a bincode byte vector (length, then
+    /// bytes): byte for byte `bincode::serialize(&snapshot_group(..).unwrap_or_default())`, without
+    /// the intermediate copies. Returns false when the group holds nothing (an empty frame).
+    pub fn write_group_image(&self, key_group: u32, out: &mut Vec<u8>) -> Result<bool, StateError> {
+        let offset = self.offset(key_group);
+        let tables: Vec<&dyn ErasedTable<K>> = self
+            .tables
+            .iter()
+            .filter(|t| !t.group_is_empty(offset))
+            .map(|t| t.as_ref())
+            .collect();
+        write_framed(out, |out| {
+            if tables.is_empty() {
+                return Ok(());
+            }
+            out.extend_from_slice(&(tables.len() as u64).to_le_bytes());
+            for table in &tables {
+                let name = table.name().as_bytes();
+                out.extend_from_slice(&(name.len() as u64).to_le_bytes());
+                out.extend_from_slice(name);
+                write_framed(out, |out| table.encode_group_into(offset, out))?;
+            }
+            Ok(())
+        })?;
+        Ok(!tables.is_empty())
+    }
+
     /// Key groups holding any entry.
     pub fn groups_with_state(&self) -> impl Iterator<Item = u32> + '_ {
         self.key_groups.clone().filter(move |kg| {
@@ -627,6 +662,20 @@ impl<K: Key> KeyedStateBackend<K> {
         }
         Ok(unknown)
     }
+}
+
+/// Append what `f` writes, preceded by its length as a bincode u64: the encoding of a `Vec<u8>`
+/// holding those bytes.
+pub(crate) fn write_framed<E>(
+    out: &mut Vec<u8>,
+    f: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<(), E> {
+    let at = out.len();
+    out.extend_from_slice(&[0; 8]);
+    f(out)?;
+    let len = (out.len() - at - 8) as u64;
+    out[at..at + 8].copy_from_slice(&len.to_le_bytes());
+    Ok(())
 }
 
 fn encode_blob(blob: &GroupBlob) -> Result<Option<Vec<u8>>, StateError> {
@@ -795,6 +844,34 @@ mod tests {
                 "key {key}"
             );
         }
+    }
+
+    #[test]
+    fn written_images_equal_the_nested_encoding() {
+        let mut b = KeyedStateBackend::<String>::new(0..4);
+        let (v, l) = {
+            let mut reg = b.registry();
+            (reg.value::<u64>("v"), reg.list::<String>("l"))
+        };
+        for i in 0..50u64 {
+            let key = format!("k{i}");
+            let kg = key_group_of(&key, 4);
+            b.set_value(v, kg, &key, i);
+            if i % 3 == 0 {
+                b.list_add(l, kg, &key, format!("x{i}"));
+            }
+        }
+        for kg in 0..4 {
+            let nested =
+                bincode::serialize(&b.snapshot_group(kg).unwrap().unwrap_or_default()).unwrap();
+            let mut direct = vec![7u8];
+            assert!(b.write_group_image(kg, &mut direct).unwrap());
+            assert_eq!(&direct[1..], nested.as_slice(), "key group {kg}");
+        }
+        let empty = KeyedStateBackend::<u64>::new(0..1);
+        let mut out = Vec::new();
+        assert!(!empty.write_group_image(0, &mut out).unwrap());
+        assert_eq!(out, bincode::serialize(&Vec::<u8>::new()).unwrap());
     }
 
     #[test]

@@ -247,8 +247,10 @@ pub struct RunStats {
 pub struct CheckpointStat {
     /// Trigger to completion.
     pub duration_ms: u64,
-    /// Bytes of state.
+    /// Bytes of state (every file the manifest lists).
     pub size_bytes: u64,
+    /// Bytes uploaded (less than `size_bytes` for incremental checkpoints).
+    pub uploaded_bytes: u64,
 }
 
 /// Run a prepared job to its end.
@@ -389,9 +391,11 @@ pub fn run_with_stats(job: LocalJob, progress: bool) -> Result<(RunOutcome, RunS
             .durations_ms
             .iter()
             .zip(&p.sizes_bytes)
-            .map(|(d, s)| CheckpointStat {
+            .zip(&p.uploaded_bytes)
+            .map(|((d, s), u)| CheckpointStat {
                 duration_ms: *d,
                 size_bytes: *s,
+                uploaded_bytes: *u,
             })
             .collect();
     }

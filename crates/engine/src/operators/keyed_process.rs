@@ -88,6 +88,20 @@ impl<K: Key> Timers<K> {
         self.record(false, first.0, first.1, &first.2);
         Some(first)
     }
+    /// The pending timers of the groups `wanted` selects, per group, in queue order.
+    fn by_group(
+        &self,
+        wanted: impl Fn(u32) -> bool,
+    ) -> std::collections::BTreeMap<u32, Vec<(Timestamp, K)>> {
+        let mut by_group: std::collections::BTreeMap<u32, Vec<(Timestamp, K)>> =
+            std::collections::BTreeMap::new();
+        for (ts, kg, key) in &self.queue {
+            if wanted(*kg) {
+                by_group.entry(*kg).or_default().push((*ts, key.clone()));
+            }
+        }
+        by_group
+    }
     fn changed_groups(&self) -> impl Iterator<Item = u32> + '_ {
         self.log
             .iter()
@@ -271,23 +285,37 @@ where
             .state
             .as_ref()
             .expect("operator opened before snapshot");
-        let mut by_group: std::collections::BTreeMap<u32, GroupSnapshot<K>> = state
-            .snapshot()
-            .map_err(Self::encode_error)?
-            .into_iter()
-            .map(|(kg, bytes)| (kg, (bytes, Vec::new())))
-            .collect();
-        for (ts, kg, key) in &self.timers.queue {
-            by_group.entry(*kg).or_default().1.push((*ts, key.clone()));
-        }
-        let mut keyed = Vec::with_capacity(by_group.len());
-        for (kg, group) in by_group {
-            keyed.push((kg, bincode::serialize(&group).map_err(Self::encode_error)?));
+        let mut timers_of = self.timers.by_group(|_| true);
+        let mut keyed = Vec::new();
+        for kg in state.key_groups() {
+            let timers = timers_of.remove(&kg).unwrap_or_default();
+            if let Some(bytes) = Self::encode_image(state, kg, &timers, false)? {
+                keyed.push((kg, bytes));
+            }
         }
         Ok(OperatorSnapshot {
             keyed,
             ..OperatorSnapshot::default()
         })
+    }
+
+    /// One group's image, a [`GroupSnapshot`] written in one buffer; `None` when the group is
+    /// empty, unless `keep_empty` (an emptied group's image must supersede its older one).
+    fn encode_image(
+        state: &KeyedStateBackend<K>,
+        kg: u32,
+        timers: &[(Timestamp, K)],
+        keep_empty: bool,
+    ) -> Result<Option<Vec<u8>>, OperatorError> {
+        let mut bytes = Vec::new();
+        let has_state = state
+            .write_group_image(kg, &mut bytes)
+            .map_err(Self::encode_error)?;
+        if !has_state && timers.is_empty() && !keep_empty {
+            return Ok(None);
+        }
+        bincode::serialize_into(&mut bytes, timers).map_err(Self::encode_error)?;
+        Ok(Some(bytes))
     }
 
     /// An incremental checkpoint: images for the groups the chain plans, changes for the rest.
@@ -316,22 +344,15 @@ where
         let mut snapshot = OperatorSnapshot::default();
         let mut image_sizes = Vec::with_capacity(plan.images.len());
         if !plan.images.is_empty() {
-            let mut timers_of: std::collections::BTreeMap<u32, Vec<(Timestamp, K)>> =
-                std::collections::BTreeMap::new();
-            for (ts, kg, key) in &self.timers.queue {
-                if plan.images.contains(kg) {
-                    timers_of.entry(*kg).or_default().push((*ts, key.clone()));
-                }
-            }
+            let mut timers_of = self.timers.by_group(|kg| plan.images.contains(&kg));
             for kg in &plan.images {
-                let state_bytes = state.snapshot_group(*kg).map_err(Self::encode_error)?;
-                state.forget_changes(*kg);
-                self.timers.take_changes(*kg);
                 // An emptied group still gets an (empty) image: it supersedes the older one that
                 // another group's reference keeps in the file list.
                 let timers = timers_of.remove(kg).unwrap_or_default();
-                let group: GroupSnapshot<K> = (state_bytes.unwrap_or_default(), timers);
-                let bytes = bincode::serialize(&group).map_err(Self::encode_error)?;
+                let bytes =
+                    Self::encode_image(state, *kg, &timers, true)?.expect("kept even when empty");
+                state.forget_changes(*kg);
+                self.timers.take_changes(*kg);
                 image_sizes.push((*kg, Some(bytes.len() as u64)));
                 snapshot.keyed.push((*kg, bytes));
             }
@@ -394,8 +415,8 @@ where
         };
         let mut state_groups = Vec::with_capacity(restored.keyed.len());
         for (key_group, bytes) in restored.keyed {
-            let (state_bytes, timer_bytes): (Vec<u8>, Vec<(Timestamp, K)>) =
-                bincode::deserialize(&bytes).map_err(|e| OperatorError::StateDecode {
+            let (state_bytes, timer_bytes): GroupSnapshot<K> = bincode::deserialize(&bytes)
+                .map_err(|e| OperatorError::StateDecode {
                     operator: ctx.operator_id.clone(),
                     reason: format!("key group {key_group}: {e}"),
                 })?;
