@@ -37,4 +37,5 @@ pub const BUILTIN_JOBS: &[&str] = &[
     "nexmark-q7",
     "nexmark-q8",
     "sequence-check",
+    "large-state",
 ];

@@ -52,6 +52,7 @@ impl ResultSink {
 
 mod highest_bid;
 mod hot_items;
+pub mod large_state;
 mod new_users;
 pub mod sequence_check;
 mod word_count;
@@ -406,6 +407,29 @@ pub fn build_with_fault(
             }
             let output = params.output()?;
             sequence_check::build(env, source, keys, output, fault);
+            Ok(())
+        }
+        "large-state" => {
+            params.check_known(&[
+                "keys",
+                "value-bytes",
+                "events",
+                "rate",
+                "splits",
+                "output",
+                "sink",
+            ])?;
+            let source = source_params(params, parallelism)?;
+            let keys = params.u64_or("keys", 1_000_000)?;
+            if keys == 0 {
+                return Err(params.invalid("keys", "must be at least 1"));
+            }
+            let value_bytes = params.u64_or("value-bytes", 100)?;
+            if value_bytes > 1 << 20 {
+                return Err(params.invalid("value-bytes", "must be at most 1048576 (1 MiB)"));
+            }
+            let output = params.output()?;
+            large_state::build(env, source, keys, value_bytes as usize, output, fault);
             Ok(())
         }
         other => Err(JobSpecError::UnknownJob {

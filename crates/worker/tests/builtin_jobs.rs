@@ -104,6 +104,15 @@ fn sequence_check_equals_the_reference_and_verifies_exact() {
 }
 
 #[test]
+fn large_state_equals_the_reference() {
+    check(
+        "large-state",
+        &[("events", "30000"), ("keys", "5000"), ("value-bytes", "37")],
+        reference::large_state(30_000, 5000, 37),
+    );
+}
+
+#[test]
 fn q5_is_exactly_once_through_injected_failures() {
     let tmp = tempfile::tempdir().unwrap();
     // Three failing attempts, each after some records (rate-limited so checkpoints complete

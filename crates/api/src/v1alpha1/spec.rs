@@ -206,7 +206,7 @@ impl From<PodTemplateSpec> for PodTemplate {
 #[serde(rename_all = "camelCase")]
 pub struct JobSpec {
     /// Name of a built-in job: `windowed-count`, `word-count`, `nexmark-q0`, `nexmark-q1`,
-    /// `nexmark-q2`, `nexmark-q5`, `nexmark-q7`, `nexmark-q8`, `sequence-check` (the operator reports
+    /// `nexmark-q2`, `nexmark-q5`, `nexmark-q7`, `nexmark-q8`, `sequence-check`, `large-state` (the operator reports
     /// unknown names). Leave empty when `entrypoint` runs a custom job from a user image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9-]{0,62}$"))]

@@ -123,3 +123,26 @@ pub fn sequence(n: u64, keys: u64) -> Vec<String> {
         .map(|i| format!("{},{},{}", i % keys, i / keys, i / keys + 1))
         .collect()
 }
+
+/// large-state: for keys `% 1000 == 0`, one line per record `key,seq,count,crc` where record `i`
+/// is key `i % keys`, seq `i / keys`, and the value written is `value-bytes` bytes of the job's
+/// documented generator: x = key * 0x9E3779B97F4A7C15 ^ seq, then per 8 bytes
+/// x = x * 6364136223846793005 + 1442695040888963407 (little-endian, the last word cut).
+pub fn large_state(n: u64, keys: u64, value_bytes: usize) -> Vec<String> {
+    (0..n)
+        .filter(|i| (i % keys).is_multiple_of(1000))
+        .map(|i| {
+            let (key, seq) = (i % keys, i / keys);
+            let mut x = key.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seq;
+            let mut value = Vec::with_capacity(value_bytes);
+            while value.len() < value_bytes {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let take = (value_bytes - value.len()).min(8);
+                value.extend_from_slice(&x.to_le_bytes()[..take]);
+            }
+            format!("{key},{seq},{},{:08x}", seq + 1, crc32c::crc32c(&value))
+        })
+        .collect()
+}
