@@ -19,8 +19,6 @@ pub struct RebasePolicy {
     pub max_changes: usize,
     /// A group whose change sets together exceed this multiple of its image size is rebased.
     pub max_change_ratio: f64,
-    /// At most this share of the groups with state is rebased by one checkpoint (at least one).
-    pub max_rebase_share: f64,
 }
 
 impl Default for RebasePolicy {
@@ -28,7 +26,6 @@ impl Default for RebasePolicy {
         Self {
             max_changes: 8,
             max_change_ratio: 1.0,
-            max_rebase_share: 0.25,
         }
     }
 }
@@ -45,12 +42,12 @@ struct GroupChain {
 }
 
 impl GroupChain {
-    /// How urgently the group needs a rebase (larger first); `None` when it does not yet.
-    fn pressure(&self, policy: &RebasePolicy) -> Option<f64> {
+    /// How urgently the group needs a rebase: 1.0 at the policy's limit (chain length or change
+    /// ratio, whichever is nearer), 0 without changes.
+    fn pressure(&self, policy: &RebasePolicy) -> f64 {
         let ratio = self.change_bytes as f64 / self.image_bytes.max(1) as f64;
-        let long = self.change_checkpoints.len() >= policy.max_changes;
-        (long || ratio > policy.max_change_ratio)
-            .then(|| ratio.max(self.change_checkpoints.len() as f64 / policy.max_changes as f64))
+        let length = self.change_checkpoints.len() as f64 / policy.max_changes.max(1) as f64;
+        (ratio / policy.max_change_ratio).max(length)
     }
 }
 
@@ -110,15 +107,26 @@ impl IncrementalChain {
             .copied()
             .filter(|g| !self.groups.contains_key(g))
             .collect();
+        // Groups at half their limit may be rebased early, one in `max_changes` per checkpoint:
+        // that staggers rebases, so groups that change alike do not all come due at once. Groups
+        // past their limit twice over are rebased whatever the budget.
         let mut due: Vec<(f64, u32)> = self
             .groups
             .iter()
-            .filter_map(|(g, c)| c.pressure(&self.policy).map(|p| (p, *g)))
+            .map(|(g, c)| (c.pressure(&self.policy), *g))
+            .filter(|(p, _)| *p >= 0.5)
             .collect();
         due.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        let budget =
-            ((self.groups.len() as f64 * self.policy.max_rebase_share).ceil() as usize).max(1);
-        images.extend(due.into_iter().take(budget).map(|(_, g)| g));
+        let budget = self
+            .groups
+            .len()
+            .div_ceil(self.policy.max_changes.max(1))
+            .max(1);
+        for (i, (pressure, group)) in due.into_iter().enumerate() {
+            if i < budget || pressure >= 2.0 {
+                images.insert(group);
+            }
+        }
         let changes = changed.difference(&images).copied().collect();
         SnapshotPlan { images, changes }
     }
@@ -248,7 +256,7 @@ mod tests {
                 "references only earlier files"
             );
             assert!(
-                chain.max_chain_len() <= policy.max_changes + 1 + 3,
+                chain.max_chain_len() <= 2 * policy.max_changes + 1,
                 "chain {}",
                 chain.max_chain_len()
             );
@@ -262,8 +270,8 @@ mod tests {
             );
         }
         assert!(
-            max_images_after_first <= 16,
-            "at most a quarter rebased at once: {max_images_after_first}"
+            max_images_after_first <= 64 / policy.max_changes,
+            "at most one group in max_changes rebased at once: {max_images_after_first}"
         );
     }
 
@@ -271,12 +279,29 @@ mod tests {
     fn heavy_changes_trigger_a_rebase_before_the_length_limit() {
         let mut chain = IncrementalChain::new(RebasePolicy::default());
         chain.record(1, &[(0, Some(100))], &[]);
-        chain.record(2, &[], &[(0, 80)]);
-        assert!(chain.plan([0], [0]).changes.contains(&0));
-        chain.record(3, &[], &[(0, 80)]);
+        chain.record(2, &[], &[(0, 30)]);
+        assert!(
+            chain.plan([0], [0]).changes.contains(&0),
+            "30 B on 100 B: not yet"
+        );
+        chain.record(3, &[], &[(0, 30)]);
         let plan = chain.plan([0], [0]);
-        assert!(plan.images.contains(&0), "changes 160 B > image 100 B");
+        assert!(
+            plan.images.contains(&0),
+            "60 B of changes on a 100 B image: rebased early"
+        );
         assert_eq!(chain.record(4, &[(0, Some(100))], &[]), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn groups_far_past_their_limit_are_rebased_beyond_the_budget() {
+        let mut chain = IncrementalChain::new(RebasePolicy::default());
+        chain.record(1, &[(0, Some(100)), (1, Some(100)), (2, Some(100))], &[]);
+        chain.record(2, &[], &[(0, 250), (1, 250), (2, 60)]);
+        let plan = chain.plan([0, 1, 2], [0, 1, 2]);
+        // Budget: 3 groups / 8 = 1; groups 0 and 1 are at 2.5x their limit, group 2 at 0.6x.
+        assert_eq!(plan.images, BTreeSet::from([0, 1]));
+        assert_eq!(plan.changes, BTreeSet::from([2]));
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod config;
 pub mod connectors;
 pub mod control;
 pub mod coordinator;
+pub mod framing;
 pub mod incremental;
 pub mod job;
 pub mod keygroup;

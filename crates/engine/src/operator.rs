@@ -8,6 +8,7 @@ use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
+use crate::framing;
 use crate::types::{Barrier, EndOfStream, Timestamp};
 
 /// Failure inside an operator; fails the job attempt (the job restarts from the latest checkpoint).
@@ -95,47 +96,53 @@ pub struct StateFileBody {
     pub list: Vec<Vec<u8>>,
 }
 
-/// Files written before incremental checkpoints: `keyed` and `list` only.
-#[derive(Deserialize)]
-struct LegacyStateFile {
-    keyed: Vec<(u32, Vec<u8>)>,
-    list: Vec<Vec<u8>>,
-}
-
-/// First bytes of a state file in the current format.
+/// First bytes of a state file in the current format (files without them are the earlier format:
+/// `keyed` and `list` only).
 const STATE_FILE_MAGIC: &[u8; 5] = b"SJSF\x02";
 
 impl StateFileBody {
-    /// Encode with the format marker.
-    pub fn encode(&self) -> Result<Vec<u8>, bincode::Error> {
+    /// Encode with the format marker (the bincode layout of the struct, written in bulk).
+    pub fn encode(&self) -> Vec<u8> {
+        let blobs =
+            |groups: &[(u32, Vec<u8>)]| groups.iter().map(|(_, b)| b.len() + 12).sum::<usize>();
         let mut out = Vec::with_capacity(
             STATE_FILE_MAGIC.len()
-                + 64
-                + self
-                    .keyed
-                    .iter()
-                    .chain(&self.keyed_changes)
-                    .map(|(_, b)| b.len() + 16)
-                    .sum::<usize>()
+                + 24
+                + blobs(&self.keyed)
+                + blobs(&self.keyed_changes)
                 + self.list.iter().map(|b| b.len() + 8).sum::<usize>(),
         );
         out.extend_from_slice(STATE_FILE_MAGIC);
-        bincode::serialize_into(&mut out, self)?;
-        Ok(out)
+        framing::write_groups(&mut out, &self.keyed);
+        framing::write_groups(&mut out, &self.keyed_changes);
+        framing::write_list(&mut out, &self.list);
+        out
     }
     /// Decode a state file of the current or the earlier format.
-    pub fn decode(bytes: &[u8]) -> Result<Self, bincode::Error> {
-        match bytes.strip_prefix(STATE_FILE_MAGIC.as_slice()) {
-            Some(body) => bincode::deserialize(body),
-            None => {
-                let legacy: LegacyStateFile = bincode::deserialize(bytes)?;
-                Ok(Self {
-                    keyed: legacy.keyed,
-                    keyed_changes: Vec::new(),
-                    list: legacy.list,
-                })
-            }
+    pub fn decode(bytes: &[u8]) -> Result<Self, framing::FrameError> {
+        let (current, body) = match bytes.strip_prefix(STATE_FILE_MAGIC.as_slice()) {
+            Some(body) => (true, body),
+            None => (false, bytes),
+        };
+        let mut r = framing::Reader::new(body);
+        let keyed = framing::read_groups(&mut r)?;
+        let keyed_changes = if current {
+            framing::read_groups(&mut r)?
+        } else {
+            Vec::new()
+        };
+        let list = framing::read_list(&mut r)?;
+        if !r.is_done() {
+            return Err(framing::FrameError {
+                at: body.len() - r.rest().len(),
+                what: "trailing bytes after the state",
+            });
         }
+        Ok(Self {
+            keyed,
+            keyed_changes,
+            list,
+        })
     }
 }
 
@@ -230,5 +237,40 @@ pub trait StreamOperator<I, O>: Send {
         _out: &mut Output<O>,
     ) -> Result<(), OperatorError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_files_round_trip_and_files_of_the_earlier_format_still_decode() {
+        let body = StateFileBody {
+            keyed: vec![(1, vec![1, 2, 3]), (7, vec![9; 40])],
+            keyed_changes: vec![(7, vec![4])],
+            list: vec![vec![5, 6]],
+        };
+        assert_eq!(StateFileBody::decode(&body.encode()).unwrap(), body);
+
+        // Before incremental checkpoints a state file was `bincode(OperatorSnapshot { keyed, list })`.
+        #[derive(Serialize)]
+        struct Earlier {
+            keyed: Vec<(u32, Vec<u8>)>,
+            list: Vec<Vec<u8>>,
+        }
+        let earlier = bincode::serialize(&Earlier {
+            keyed: body.keyed.clone(),
+            list: body.list.clone(),
+        })
+        .unwrap();
+        let encoded = body.encode();
+        let decoded = StateFileBody::decode(&earlier).unwrap();
+        assert_eq!(
+            (decoded.keyed, decoded.keyed_changes, decoded.list),
+            (body.keyed, vec![], body.list)
+        );
+
+        assert!(StateFileBody::decode(&encoded[..encoded.len() - 1]).is_err());
     }
 }

@@ -19,6 +19,7 @@ use rustc_hash::{FxBuildHasher, FxHashSet};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::framing::{write_bytes, write_framed, write_u64, FrameError, Reader};
 use crate::types::{Data, Key};
 
 type FxMap<K, V> = HashMap<K, V, FxBuildHasher>;
@@ -571,11 +572,9 @@ impl<K: Key> KeyedStateBackend<K> {
             if tables.is_empty() {
                 return Ok(());
             }
-            out.extend_from_slice(&(tables.len() as u64).to_le_bytes());
+            write_u64(out, tables.len() as u64);
             for table in &tables {
-                let name = table.name().as_bytes();
-                out.extend_from_slice(&(name.len() as u64).to_le_bytes());
-                out.extend_from_slice(name);
+                write_bytes(out, table.name().as_bytes());
                 write_framed(out, |out| table.encode_group_into(offset, out))?;
             }
             Ok(())
@@ -629,7 +628,7 @@ impl<K: Key> KeyedStateBackend<K> {
             let offset = self.checked_offset(*key_group)?;
             for (name, bytes) in decode_blob(*key_group, bytes)? {
                 match self.tables.iter_mut().find(|t| t.name() == name) {
-                    Some(table) => table.apply_changes(offset, *key_group, &bytes)?,
+                    Some(table) => table.apply_changes(offset, *key_group, bytes)?,
                     None => unknown += 1,
                 }
             }
@@ -655,7 +654,7 @@ impl<K: Key> KeyedStateBackend<K> {
             let offset = self.checked_offset(*key_group)?;
             for (name, bytes) in decode_blob(*key_group, bytes)? {
                 match self.tables.iter_mut().find(|t| t.name() == name) {
-                    Some(table) => table.decode_group(offset, *key_group, &bytes)?,
+                    Some(table) => table.decode_group(offset, *key_group, bytes)?,
                     None => unknown += 1,
                 }
             }
@@ -664,38 +663,44 @@ impl<K: Key> KeyedStateBackend<K> {
     }
 }
 
-/// Append what `f` writes, preceded by its length as a bincode u64: the encoding of a `Vec<u8>`
-/// holding those bytes.
-pub(crate) fn write_framed<E>(
-    out: &mut Vec<u8>,
-    f: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
-) -> Result<(), E> {
-    let at = out.len();
-    out.extend_from_slice(&[0; 8]);
-    f(out)?;
-    let len = (out.len() - at - 8) as u64;
-    out[at..at + 8].copy_from_slice(&len.to_le_bytes());
-    Ok(())
-}
-
 fn encode_blob(blob: &GroupBlob) -> Result<Option<Vec<u8>>, StateError> {
     if blob.is_empty() {
         return Ok(None);
     }
-    bincode::serialize(blob)
-        .map(Some)
-        .map_err(|e| StateError::Encode {
-            state: "key group".into(),
-            reason: e.to_string(),
-        })
+    let mut out = Vec::with_capacity(
+        8 + blob
+            .iter()
+            .map(|(n, b)| 16 + n.len() + b.len())
+            .sum::<usize>(),
+    );
+    write_u64(&mut out, blob.len() as u64);
+    for (name, bytes) in blob {
+        write_bytes(&mut out, name.as_bytes());
+        write_bytes(&mut out, bytes);
+    }
+    Ok(Some(out))
 }
 
-fn decode_blob(key_group: u32, bytes: &[u8]) -> Result<GroupBlob, StateError> {
-    bincode::deserialize(bytes).map_err(|e| StateError::Decode {
+/// The `(state name, bytes)` pairs of a key-group blob (borrowed from `bytes`).
+fn decode_blob(key_group: u32, bytes: &[u8]) -> Result<Vec<(String, &[u8])>, StateError> {
+    let decode = |e: FrameError| StateError::Decode {
         state: "key group".into(),
         key_group,
         reason: e.to_string(),
-    })
+    };
+    let mut r = Reader::new(bytes);
+    let n = r.len(16, "state count").map_err(decode)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let name = r.bytes("state name").map_err(decode)?;
+        let name = String::from_utf8(name.to_vec()).map_err(|e| StateError::Decode {
+            state: "key group".into(),
+            key_group,
+            reason: e.to_string(),
+        })?;
+        out.push((name, r.bytes("state bytes").map_err(decode)?));
+    }
+    Ok(out)
 }
 
 /// Encode a value for operator list state.

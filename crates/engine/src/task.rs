@@ -123,12 +123,7 @@ impl TaskEnv {
                     keyed_changes: snapshot.keyed_changes,
                     list: snapshot.list,
                 };
-                let bytes = match body.encode() {
-                    Ok(bytes) => bytes,
-                    Err(e) => {
-                        return decline(format!("failed to encode state of {operator_id}: {e}"))
-                    }
-                };
+                let bytes = body.encode();
                 let key = match file_in(&dir) {
                     Ok(key) => key,
                     Err(e) => return decline(format!("invalid operator id {operator_id:?}: {e}")),

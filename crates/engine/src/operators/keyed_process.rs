@@ -10,6 +10,7 @@
 use std::collections::BTreeSet;
 use std::marker::PhantomData;
 
+use crate::framing::{write_bytes, Reader};
 use crate::incremental::{IncrementalChain, RebasePolicy};
 use crate::keygroup::key_group_of;
 use crate::operator::{
@@ -216,6 +217,14 @@ type GroupSnapshot<K> = (Vec<u8>, Vec<(Timestamp, K)>);
 /// Changes of one key group: encoded state changes (empty: none) and timer changes in order.
 type GroupChanges<K> = (Vec<u8>, Vec<TimerChange<K>>);
 
+/// Split a [`GroupSnapshot`] or [`GroupChanges`]: the state bytes (read in bulk), then the timers.
+fn split_group<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<(Vec<u8>, T), String> {
+    let mut r = Reader::new(bytes);
+    let state = r.bytes("state bytes").map_err(|e| e.to_string())?.to_vec();
+    let timers = bincode::deserialize(r.rest()).map_err(|e| e.to_string())?;
+    Ok((state, timers))
+}
+
 /// Runs a [`KeyedProcessFunction`] on a hash-partitioned stream.
 pub struct KeyedProcessOperator<K: Key, I, O, F, KF> {
     key_of: KF,
@@ -361,8 +370,11 @@ where
         for kg in &plan.changes {
             let state_changes = state.take_changes(*kg).map_err(Self::encode_error)?;
             let timer_changes = self.timers.take_changes(*kg);
-            let group: GroupChanges<K> = (state_changes.unwrap_or_default(), timer_changes);
-            let bytes = bincode::serialize(&group).map_err(Self::encode_error)?;
+            // A `GroupChanges`: the state changes as a byte string, then the timer changes.
+            let state_changes = state_changes.unwrap_or_default();
+            let mut bytes = Vec::with_capacity(state_changes.len() + 16 + timer_changes.len() * 24);
+            write_bytes(&mut bytes, &state_changes);
+            bincode::serialize_into(&mut bytes, &timer_changes).map_err(Self::encode_error)?;
             change_sizes.push((*kg, bytes.len() as u64));
             snapshot.keyed_changes.push((*kg, bytes));
         }
@@ -415,12 +427,12 @@ where
         };
         let mut state_groups = Vec::with_capacity(restored.keyed.len());
         for (key_group, bytes) in restored.keyed {
-            let (state_bytes, timer_bytes): GroupSnapshot<K> = bincode::deserialize(&bytes)
-                .map_err(|e| OperatorError::StateDecode {
+            let (state_bytes, timers): GroupSnapshot<K> =
+                split_group(&bytes).map_err(|e| OperatorError::StateDecode {
                     operator: ctx.operator_id.clone(),
                     reason: format!("key group {key_group}: {e}"),
                 })?;
-            for (ts, key) in timer_bytes {
+            for (ts, key) in timers {
                 self.timers.queue.insert((ts, key_group, key));
             }
             if !state_bytes.is_empty() {
@@ -432,7 +444,7 @@ where
         let mut state_changes = Vec::with_capacity(restored.keyed_changes.len());
         for (key_group, bytes) in restored.keyed_changes {
             let (changes, timer_changes): GroupChanges<K> =
-                bincode::deserialize(&bytes).map_err(|e| OperatorError::StateDecode {
+                split_group(&bytes).map_err(|e| OperatorError::StateDecode {
                     operator: ctx.operator_id.clone(),
                     reason: format!("changes of key group {key_group}: {e}"),
                 })?;

@@ -30,6 +30,8 @@ pub struct SampledValue {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Slot {
     count: u64,
+    /// Encoded as one byte string, not byte by byte (serde's default for `Vec<u8>`).
+    #[serde(with = "serde_bytes")]
     value: Vec<u8>,
 }
 
