@@ -207,6 +207,44 @@ async fn facts_from_listing(
         .buffered(READ_CONCURRENCY)
         .try_collect()
         .await
+        .map(unusable_through_references)
+}
+
+/// Incremental checkpoints reference files of earlier folders. A restore that found such a file
+/// bad marked only the snapshot it restored; every other snapshot listing that file is unusable too
+/// (the marker's reason names the file's location), so none of them is handed out to fail the same
+/// way, one attempt each.
+fn unusable_through_references(mut facts: Vec<SnapshotFacts>) -> Vec<SnapshotFacts> {
+    let reasons: Vec<(String, String)> = facts
+        .iter()
+        .filter_map(|f| {
+            f.manifest
+                .as_ref()
+                .err()
+                .map(|r| (f.dir.clone(), r.clone()))
+        })
+        .filter(|(_, r)| r.starts_with(MARKED_PREFIX))
+        .collect();
+    if reasons.is_empty() {
+        return facts;
+    }
+    for fact in &mut facts {
+        let Ok(manifest) = &fact.manifest else {
+            continue;
+        };
+        let bad = manifest.files().find_map(|file| {
+            reasons
+                .iter()
+                .find(|(_, reason)| reason.contains(file.key.as_str()))
+                .map(|(dir, _)| (file.key.clone(), dir.clone()))
+        });
+        if let Some((key, dir)) = bad {
+            fact.manifest = Err(format!(
+                "references {key}, which a restore of {dir} found missing or corrupt"
+            ));
+        }
+    }
+    facts
 }
 
 /// Records that `dir` failed verification (a CRC-32C or size mismatch, a missing file), so that every
@@ -226,6 +264,9 @@ pub async fn mark_unusable(
     Ok(())
 }
 
+/// How the reason of a folder with an unusable marker starts.
+const MARKED_PREFIX: &str = "marked unusable by a restore that failed verification: ";
+
 /// Why a marked folder is unusable (the marker's text). Outer error: the store failed (retry).
 async fn unusable_reason(
     store: &dyn SnapshotStore,
@@ -236,9 +277,7 @@ async fn unusable_reason(
         Err(e) if e.is_not_found() => "reason deleted".to_owned(),
         Err(e) => return Err(e.into()),
     };
-    Ok(format!(
-        "marked unusable by a restore that failed verification: {reason}"
-    ))
+    Ok(format!("{MARKED_PREFIX}{reason}"))
 }
 
 /// Reads the manifest of `dir` and checks it against the folder name and the listed sizes.

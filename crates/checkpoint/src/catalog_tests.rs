@@ -471,3 +471,56 @@ async fn marking_a_snapshot_unusable_excludes_it_from_the_restore_choice() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_bad_file_found_through_one_incremental_checkpoint_rules_out_all_that_reference_it() {
+    on_each_store(|store| async move {
+        write_snapshot(store.as_ref(), SnapshotKind::Checkpoint, 1, 5).await;
+        let base = write_snapshot(store.as_ref(), SnapshotKind::Checkpoint, 1, 6).await;
+        let shared = base.files().next().unwrap().clone();
+        // Checkpoints 7 and 8 are incremental: each also lists a file of checkpoint 6.
+        for id in [7, 8] {
+            let mut m = write_snapshot(store.as_ref(), SnapshotKind::Checkpoint, 1, id).await;
+            let dir = SnapshotLayout::checkpoint_dir(1, id);
+            m.operators[0].subtasks[0].files.insert(0, shared.clone());
+            store
+                .delete(&[SnapshotLayout::manifest(&dir)])
+                .await
+                .unwrap();
+            commit_manifest(store.as_ref(), &m).await.unwrap();
+        }
+        // A worker restoring 8 found the shared file corrupt and marked 8 (as RestoreData does).
+        let reason = format!(
+            "checksum mismatch: CRC-32C of {} is 0x1 but the manifest records 0x2",
+            store.location(&shared.key)
+        );
+        mark_unusable(
+            store.as_ref(),
+            &SnapshotLayout::checkpoint_dir(1, 8),
+            &reason,
+        )
+        .await
+        .unwrap();
+        let decision = find_restore_point(store.as_ref(), VerifyLevel::Shallow)
+            .await
+            .unwrap();
+        assert_eq!(
+            decision.chosen.as_ref().unwrap().checkpoint_id,
+            5,
+            "7 and 6 list the bad file too: {}",
+            decision.summary()
+        );
+        let seven = decision
+            .skipped
+            .iter()
+            .find(|s| s.checkpoint_id == 7)
+            .expect("7 skipped")
+            .reason
+            .to_string();
+        assert!(
+            seven.contains(&shared.key) && seven.contains("checkpoints/000001"),
+            "{seven}"
+        );
+    })
+    .await;
+}
