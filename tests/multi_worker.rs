@@ -12,9 +12,19 @@ use common::{free_port, output_lines, status, wait_for, BIN};
 const TOKEN: &str = "test-token";
 
 fn manifest(dir: &Path, name: &str, parallelism: u32, rate: u64) -> PathBuf {
+    manifest_with(dir, name, parallelism, rate, false)
+}
+
+fn manifest_with(
+    dir: &Path,
+    name: &str,
+    parallelism: u32,
+    rate: u64,
+    incremental: bool,
+) -> PathBuf {
     let path = dir.join(format!("{name}-{parallelism}.yaml"));
     let text = format!(
-        "apiVersion: streamjob.io/v1alpha1\nkind: StreamJob\nmetadata:\n  name: {name}\nspec:\n  parallelism: {parallelism}\n  maxParallelism: 32\n  job:\n    name: windowed-count\n    params: {{events: 200000, rate: {rate}, splits: 8, window: 1s, output: {out}}}\n  checkpoint: {{interval: 150ms}}\n  storage: {{path: {snap}}}\n",
+        "apiVersion: streamjob.io/v1alpha1\nkind: StreamJob\nmetadata:\n  name: {name}\nspec:\n  parallelism: {parallelism}\n  maxParallelism: 32\n  job:\n    name: windowed-count\n    params: {{events: 200000, rate: {rate}, splits: 8, window: 1s, output: {out}}}\n  checkpoint: {{interval: 150ms, incremental: {incremental}}}\n  storage: {{path: {snap}}}\n",
         out = dir.join("out").display(),
         snap = dir.join("snap").display(),
     );
@@ -171,11 +181,44 @@ fn three_workers_commit_exactly_the_single_process_output() {
 
 #[test]
 fn a_killed_worker_fails_the_attempt_and_the_next_attempt_restores_exactly() {
+    killed_workers(false);
+}
+
+/// The same with incremental checkpoints: tasks on both workers build on their earlier files, and
+/// each restore reads the chains the coordinator on worker 0 recorded.
+#[test]
+fn incremental_checkpoints_across_workers_restore_exactly() {
+    killed_workers(true);
+}
+
+/// Manifests of completed checkpoints that list a file of an earlier checkpoint folder.
+fn incremental_manifests(snap: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(snap.join("checkpoints")) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| {
+            let dir = e.ok()?.path();
+            let text = std::fs::read_to_string(dir.join("_manifest.json")).ok()?;
+            let own = format!("checkpoints/{}/", dir.file_name()?.to_string_lossy());
+            let manifest: serde_json::Value = serde_json::from_str(&text).ok()?;
+            let refs_earlier = manifest["operators"]
+                .as_array()?
+                .iter()
+                .flat_map(|o| o["subtasks"].as_array().cloned().unwrap_or_default())
+                .flat_map(|s| s["files"].as_array().cloned().unwrap_or_default())
+                .any(|f| f["key"].as_str().is_some_and(|k| !k.starts_with(&own)));
+            refs_earlier.then_some(())
+        })
+        .count()
+}
+
+fn killed_workers(incremental: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let expected = reference(tmp.path());
     let dir = tmp.path().join("kill");
     std::fs::create_dir_all(&dir).unwrap();
-    let job = manifest(&dir, "kill", 4, 50_000);
+    let job = manifest_with(&dir, "kill", 4, 50_000, incremental);
     let out = dir.join("out");
 
     // Attempt 1: kill worker 1 (subtasks only) after two checkpoints; worker 0 must fail.
@@ -213,4 +256,13 @@ fn a_killed_worker_fails_the_attempt_and_the_next_attempt_restores_exactly() {
         assert!(code.success(), "attempt 3 failed: {code:?}");
     }
     assert_eq!(output_lines(&out), expected);
+    let chained = incremental_manifests(&dir.join("snap"));
+    if incremental {
+        assert!(
+            chained > 0,
+            "no checkpoint listed an earlier checkpoint's file"
+        );
+    } else {
+        assert_eq!(chained, 0, "full checkpoints list only their own files");
+    }
 }

@@ -9,10 +9,12 @@ live state). The `large-state` job keeps `keys` values of `value-bytes` bytes; a
 
 Prints a markdown table: throughput, checkpoint duration p50/p99 (steady phase: checkpoints
 after the fill), bytes uploaded and referenced per checkpoint (p50), peak RSS, and the state size
-(the referenced bytes of the last full checkpoint). Snapshots go to a local folder (deleted after
-each run); retained: 1.
+(the referenced bytes of the last full checkpoint). Peak RSS is sampled while the sources run
+(before the final checkpoint a bounded run ends with); a run without periodic checkpoints gives the
+memory of the live state itself, so the last column shows what checkpoints add. Snapshots go to a
+local folder (deleted after each run); retained: 1.
 """
-import argparse, json, os, pathlib, shutil, statistics, subprocess, tempfile
+import argparse, json, os, pathlib, shutil, statistics, subprocess, tempfile, time
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ap = argparse.ArgumentParser()
@@ -33,7 +35,20 @@ def pct(values, q):
     return v[min(len(v) - 1, round(q * (len(v) - 1)))] if v else None
 
 
-def run(incremental):
+def rss_kib(pid):
+    """VmRSS of a process in KiB; 0 once it is gone."""
+    try:
+        for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def run(mode):
+    incremental = mode == "incremental"
+    interval = "1h" if mode == "off" else "1s"
     w = pathlib.Path(tempfile.mkdtemp(prefix="large-state-", dir=os.environ.get("BENCH_TMP")))
     try:
         (w / "job.yaml").write_text(f"""apiVersion: streamjob.io/v1alpha1
@@ -42,16 +57,27 @@ metadata: {{name: large-state}}
 spec:
   parallelism: {a.parallelism}
   job: {{name: large-state, params: {{keys: {a.keys}, value-bytes: {a.value_bytes}, events: {events}, rate: {a.rate}, sink: discard}}}}
-  checkpoint: {{interval: 1s, timeout: 10m, incremental: {str(incremental).lower()}, retained: 1}}
+  checkpoint: {{interval: {interval}, timeout: 10m, incremental: {str(incremental).lower()}, retained: 1}}
   storage: {{path: {w}/snap}}
 """)
-        timed = subprocess.run(["/usr/bin/time", "-f", "%M", a.bin, "run", str(w / "job.yaml"), "--quiet",
-                                "--stats-json", str(w / "s.json")], check=True, capture_output=True, text=True)
-        rss_mib = int(timed.stderr.strip().splitlines()[-1]) / 1024
+        # Peak RSS while the sources run (sampled every 250 ms), i.e. before the final checkpoint
+        # every bounded run ends with.
+        proc = subprocess.Popen([a.bin, "run", str(w / "job.yaml"), "--quiet",
+                                 "--stats-json", str(w / "s.json")], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        started, running_peak = time.monotonic(), 0
+        while proc.poll() is None:
+            if time.monotonic() - started < events / a.rate:
+                running_peak = max(running_peak, rss_kib(proc.pid))
+            time.sleep(0.25)
+        err = proc.stderr.read()
+        if proc.returncode != 0:
+            raise SystemExit(f"streamjob run failed ({proc.returncode}): {err[-2000:]}")
+        rss_mib = running_peak / 1024
         s = json.loads((w / "s.json").read_text())
     finally:
         shutil.rmtree(w, ignore_errors=True)
-    cps = s["checkpoints"]
+    cps = s["checkpoints"] if mode != "off" else []
     # Steady phase: the checkpoints after the fill (the fill takes keys/rate seconds).
     fill = a.keys / a.rate
     steady = cps[int(fill) + 1:] or cps
@@ -63,32 +89,36 @@ spec:
         "max": max((c["durationMs"] for c in steady), default=None),
         "uploaded": pct([c.get("uploadedBytes", c["sizeBytes"]) for c in steady], 0.5),
         "referenced": pct([c["sizeBytes"] for c in steady], 0.5),
-        "last_size": cps[-1]["sizeBytes"] if cps else None,
+        "last_size": s["checkpoints"][-1]["sizeBytes"] if s["checkpoints"] else None,
         "rss_mib": rss_mib,
     }
 
 
-results = {False: [], True: []}
+MODES = ("off", "full", "incremental")
+results = {m: [] for m in MODES}
 for _ in range(a.runs):
-    for incremental in (False, True):  # alternate, so a noisy neighbour slows both alike
-        results[incremental].append(run(incremental))
+    for mode in MODES:  # alternate, so a noisy neighbour slows all alike
+        results[mode].append(run(mode))
 
 med = lambda rs, k: statistics.median(r[k] for r in rs if r[k] is not None)
-state_mb = med(results[False], "last_size") / 1e6
+state_mb = med(results["full"], "last_size") / 1e6
+live_mib = med(results["off"], "rss_mib")
 lines = [
     f"large-state: {a.keys:,} keys x {a.value_bytes} B values, {a.rate:,} updates/s, {a.steady_seconds} s after the fill, "
     f"p={a.parallelism}, checkpoints every 1 s to a local folder; state {state_mb:,.0f} MB (full checkpoint); medians of {a.runs}",
     "",
-    "| checkpoints | events/s | checkpoints/run | duration p50 | p99 | max | uploaded p50 | referenced p50 | peak RSS | RSS / state |",
+    "| checkpoints | events/s | checkpoints/run | duration p50 | p99 | max | uploaded p50 | referenced p50 | peak RSS | RSS / no-checkpoint RSS |",
     "|---|---|---|---|---|---|---|---|---|---|",
 ]
-for incremental in (False, True):
-    rs = results[incremental]
+fmt = lambda v, f: "-" if v is None else f(v)
+for mode in MODES:
+    rs = results[mode]
+    m = lambda k: med(rs, k) if any(r[k] is not None for r in rs) else None
     lines.append(
-        f"| {'incremental' if incremental else 'full'} | {med(rs, 'events_per_s'):,.0f} | {med(rs, 'checkpoints'):.0f} | "
-        f"{med(rs, 'p50'):,.0f} ms | {med(rs, 'p99'):,.0f} ms | {med(rs, 'max'):,.0f} ms | "
-        f"{med(rs, 'uploaded') / 1e6:,.0f} MB | {med(rs, 'referenced') / 1e6:,.0f} MB | {med(rs, 'rss_mib'):,.0f} MiB | "
-        f"{med(rs, 'rss_mib') * 1.048576 / state_mb:.1f}x |")
+        f"| {mode} | {m('events_per_s'):,.0f} | {m('checkpoints'):.0f} | "
+        f"{fmt(m('p50'), lambda v: f'{v:,.0f} ms')} | {fmt(m('p99'), lambda v: f'{v:,.0f} ms')} | {fmt(m('max'), lambda v: f'{v:,.0f} ms')} | "
+        f"{fmt(m('uploaded'), lambda v: f'{v / 1e6:,.0f} MB')} | {fmt(m('referenced'), lambda v: f'{v / 1e6:,.0f} MB')} | {m('rss_mib'):,.0f} MiB | "
+        f"{m('rss_mib') / live_mib:.2f}x |")
 text = "\n".join(lines)
 print(text)
 if a.out:
