@@ -8,11 +8,9 @@
 //!
 //! Needs the s3s-fs binary: `bash tests/tools/install-s3s-fs.sh` (or set `S3S_FS_BIN`).
 
-use std::io::Read;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use streamjob_engine::connectors::s3_sink::{S3Options, S3Output};
 
@@ -20,78 +18,11 @@ mod common;
 use common::{free_port, http, output_lines, status, wait_for, BIN};
 
 const TOKEN: &str = "test-token";
-const ACCESS_KEY: &str = "streamjob-test";
-const SECRET_KEY: &str = "streamjob-test-secret";
-
-/// A running s3s-fs with buckets `snapshots` and `results`; killed on drop.
-struct S3Server {
-    child: Child,
-    endpoint: String,
-    data: tempfile::TempDir,
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+#[path = "support/s3s_fs.rs"]
+mod s3s_fs;
+use s3s_fs::{S3Server, ACCESS_KEY, SECRET_KEY};
 
 impl S3Server {
-    fn start() -> Self {
-        let bin = std::env::var_os("S3S_FS_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                let home = std::env::var_os("HOME").expect("HOME is not set; set S3S_FS_BIN");
-                PathBuf::from(home).join(".cache/streamjob/s3s-fs-0.14.1/bin/s3s-fs")
-            });
-        assert!(
-            bin.is_file(),
-            "s3s-fs not found at {}: run `bash tests/tools/install-s3s-fs.sh` (or set S3S_FS_BIN)",
-            bin.display()
-        );
-        for _ in 0..3 {
-            let data = tempfile::tempdir().unwrap();
-            let root = data.path().join("root");
-            // s3s-fs serves every folder of its root as a bucket.
-            for bucket in ["snapshots", "results"] {
-                std::fs::create_dir_all(root.join(bucket)).unwrap();
-            }
-            let port = free_port();
-            let log = std::fs::File::create(data.path().join("s3s-fs.log")).unwrap();
-            let child = Command::new(&bin)
-                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-                .arg(&root)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("failed to start {}: {e}", bin.display()));
-            let mut server = S3Server {
-                child,
-                endpoint: format!("http://127.0.0.1:{port}"),
-                data,
-            };
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline && matches!(server.child.try_wait(), Ok(None)) {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    std::thread::sleep(Duration::from_millis(100));
-                    if matches!(server.child.try_wait(), Ok(None)) {
-                        return server;
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let mut log = String::new();
-            if let Ok(mut f) = std::fs::File::open(server.data.path().join("s3s-fs.log")) {
-                let _ = f.read_to_string(&mut log);
-            }
-            eprintln!("s3s-fs did not start, retrying; its log:\n{log}");
-        }
-        panic!("s3s-fs did not start listening");
-    }
-
     /// Every committed line under `url`, sorted (read over S3, like any consumer would).
     fn lines(&self, url: &str) -> Vec<String> {
         let output = S3Output::parse(
@@ -168,7 +99,7 @@ fn start_worker(manifest: &Path, attempt: u64, restore: &str) -> Worker {
 #[test]
 fn s3_output_after_a_kill_a_savepoint_and_a_rescale_equals_a_folder_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = S3Server::start();
+    let server = S3Server::start(&["snapshots", "results"]);
 
     // Reference: local mode, output to a folder, snapshots in a folder, no failure.
     let reference = tmp.path().join("reference");

@@ -206,36 +206,51 @@ pub async fn open_store(url: &str, options: S3Options) -> Result<Arc<dyn Snapsho
 }
 
 #[cfg(feature = "s3")]
+impl S3Options {
+    /// The client settings for `bucket`/`prefix`: static keys when both are set, the standard AWS
+    /// credential chain when neither is; one without the other is an error (the reason).
+    pub fn into_config(
+        self,
+        bucket: String,
+        prefix: String,
+    ) -> Result<crate::s3_config::S3Config, &'static str> {
+        use crate::s3_config::{S3Config, StaticCredentials};
+        let credentials = match (self.access_key_id, self.secret_access_key) {
+            (Some(access_key_id), Some(secret_access_key)) => Some(StaticCredentials {
+                access_key_id,
+                secret_access_key,
+                session_token: self.session_token,
+            }),
+            (None, None) => None,
+            _ => {
+                return Err("set both the access key id and the secret access key (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), or neither")
+            }
+        };
+        Ok(S3Config {
+            bucket,
+            prefix,
+            region: self.region,
+            endpoint: self.endpoint,
+            force_path_style: self.force_path_style.unwrap_or(false),
+            credentials,
+        })
+    }
+}
+
+#[cfg(feature = "s3")]
 async fn open_s3(
     url: &str,
     bucket: String,
     prefix: String,
     options: S3Options,
 ) -> Result<Arc<dyn SnapshotStore>, UrlError> {
-    use crate::s3_config::{S3Config, StaticCredentials};
     use crate::s3_store::S3Store;
-    let credentials = match (options.access_key_id, options.secret_access_key) {
-        (Some(access_key_id), Some(secret_access_key)) => Some(StaticCredentials {
-            access_key_id,
-            secret_access_key,
-            session_token: options.session_token,
-        }),
-        (None, None) => None,
-        _ => {
-            return Err(UrlError::Invalid {
-                url: url.to_owned(),
-                reason: "set both the access key id and the secret access key, or neither".into(),
-            })
-        }
-    };
-    let config = S3Config {
-        bucket,
-        prefix,
-        region: options.region,
-        endpoint: options.endpoint,
-        force_path_style: options.force_path_style.unwrap_or(false),
-        credentials,
-    };
+    let config = options
+        .into_config(bucket, prefix)
+        .map_err(|reason| UrlError::Invalid {
+            url: url.to_owned(),
+            reason: reason.into(),
+        })?;
     let store = S3Store::connect(config)
         .await
         .map_err(|source| UrlError::Open {

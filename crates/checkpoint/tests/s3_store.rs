@@ -3,12 +3,7 @@
 //! Needs the s3s-fs binary: `bash tests/tools/install-s3s-fs.sh` (or set `S3S_FS_BIN`). Without it
 //! the tests fail, they never skip.
 
-use std::io::Read;
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use aws_sdk_s3::error::DisplayErrorContext;
 use bytes::Bytes;
@@ -20,99 +15,13 @@ use streamjob_checkpoint::{
     SnapshotLayout, SnapshotStore, StaticCredentials, StoreError, SubtaskState, VerifyLevel,
 };
 
-const ACCESS_KEY: &str = "streamjob-test";
-const SECRET_KEY: &str = "streamjob-test-secret";
+#[path = "../../../tests/support/s3s_fs.rs"]
+mod s3s_fs;
+use s3s_fs::{S3Server, ACCESS_KEY, SECRET_KEY};
+
 const BUCKET: &str = "snapshots";
 
-/// A running s3s-fs; killed (and its data removed) on drop.
-struct S3Server {
-    child: Child,
-    endpoint: String,
-    data: tempfile::TempDir,
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn s3s_fs_binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os("S3S_FS_BIN") {
-        return PathBuf::from(bin);
-    }
-    let cache = std::env::var_os("STREAMJOB_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME")
-                .expect("HOME is not set; set STREAMJOB_CACHE or S3S_FS_BIN");
-            PathBuf::from(home).join(".cache/streamjob")
-        });
-    cache.join("s3s-fs-0.14.1/bin/s3s-fs")
-}
-
 impl S3Server {
-    fn start() -> Self {
-        let bin = s3s_fs_binary();
-        assert!(
-            bin.is_file(),
-            "s3s-fs not found at {}: run `bash tests/tools/install-s3s-fs.sh` from the repository root (or set S3S_FS_BIN)",
-            bin.display()
-        );
-        let mut last_log = String::new();
-        for _ in 0..3 {
-            let data = tempfile::tempdir().expect("temp dir for s3s-fs data");
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("free port")
-                .port();
-            let log_path = data.path().join("s3s-fs.log");
-            let log = std::fs::File::create(&log_path).expect("s3s-fs log file");
-            let root = data.path().join("root");
-            std::fs::create_dir(&root).expect("s3s-fs root dir");
-            let child = Command::new(&bin)
-                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-                .arg(&root)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("log handle"))
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("failed to start {}: {e}", bin.display()));
-            let mut server = S3Server {
-                child,
-                endpoint: format!("http://127.0.0.1:{port}"),
-                data,
-            };
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    // Someone listens; make sure it is our server (it exits if the port was taken).
-                    std::thread::sleep(Duration::from_millis(100));
-                    if matches!(server.child.try_wait(), Ok(None)) {
-                        return server;
-                    }
-                    break;
-                }
-                if !matches!(server.child.try_wait(), Ok(None)) {
-                    break; // exited, e.g. the port was taken meanwhile: try another one
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            last_log.clear();
-            if let Ok(mut f) = std::fs::File::open(&log_path) {
-                let _ = f.read_to_string(&mut last_log);
-            }
-            drop(server);
-        }
-        panic!("s3s-fs did not start listening; its log:\n{last_log}");
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.data.path().join("s3s-fs.log")).unwrap_or_default()
-    }
-
     fn config(&self, prefix: &str, secret: &str) -> S3Config {
         S3Config {
             bucket: BUCKET.into(),
@@ -133,7 +42,7 @@ impl S3Server {
         let store = S3Store::connect(self.config(prefix, SECRET_KEY))
             .await
             .expect("S3 client");
-        if !self.data.path().join("root").join(BUCKET).exists() {
+        if !self.root().join(BUCKET).exists() {
             store
                 .client()
                 .create_bucket()
@@ -154,7 +63,7 @@ impl S3Server {
 
 #[tokio::test]
 async fn conformance_suite() {
-    let server = S3Server::start();
+    let server = S3Server::start(&[]);
     check_store(&server.store("").await).await.unwrap();
     check_store(&server.store("deep/prefix").await)
         .await
@@ -163,7 +72,7 @@ async fn conformance_suite() {
 
 #[tokio::test]
 async fn put_if_absent_twice() {
-    let server = S3Server::start();
+    let server = S3Server::start(&[]);
     let store = server.store("p").await;
     let key = "attempts/000001.json";
     assert_eq!(
@@ -185,7 +94,7 @@ async fn put_if_absent_twice() {
 
 #[tokio::test]
 async fn list_paginates_and_delete_batches() {
-    let server = S3Server::start();
+    let server = S3Server::start(&[]);
     let store = server.store("many").await;
     let keys: Vec<String> = (0..1100)
         .map(|i| format!("shared/{i:05}-1.state"))
@@ -212,7 +121,7 @@ async fn list_paginates_and_delete_batches() {
 
 #[tokio::test]
 async fn multipart_upload_of_20_mib() {
-    let server = S3Server::start();
+    let server = S3Server::start(&[]);
     let store = server.store("big").await;
     let body: Bytes = (0..20 * 1024 * 1024)
         .map(|i: u32| (i % 251) as u8)
@@ -245,7 +154,7 @@ async fn multipart_upload_of_20_mib() {
 
 #[tokio::test]
 async fn wrong_secret_key_is_refused() {
-    let server = S3Server::start();
+    let server = S3Server::start(&[]);
     server.store("").await; // creates the bucket with the right key
     let bad = S3Store::connect(server.config("", "not-the-secret"))
         .await
@@ -266,7 +175,7 @@ async fn wrong_secret_key_is_refused() {
 
 #[tokio::test]
 async fn missing_bucket_and_dead_server_are_classified() {
-    let server = S3Server::start();
+    let server = S3Server::start(&[]);
     let mut config = server.config("", SECRET_KEY);
     config.bucket = "no-such-bucket".into();
     let store = S3Store::connect(config).await.unwrap();
@@ -332,7 +241,7 @@ async fn write_checkpoint(store: &dyn SnapshotStore, attempt: u64, id: u64) -> M
 
 #[tokio::test]
 async fn snapshot_round_trip_and_corruption() {
-    let server = S3Server::start();
+    let server = S3Server::start(&[]);
     let root: Arc<dyn SnapshotStore> = Arc::new(server.store("streamjob").await);
     let store = job_store(&root, "default", "wordcount").unwrap();
     assert_eq!(store.url(), "s3://snapshots/streamjob/default/wordcount");
@@ -366,7 +275,7 @@ async fn snapshot_round_trip_and_corruption() {
 
 #[tokio::test]
 async fn bytes_changed_on_the_servers_disk_are_corruption_not_a_transient_error() {
-    let server = S3Server::start();
+    let server = S3Server::start(&[]);
     let root: Arc<dyn SnapshotStore> = Arc::new(server.store("streamjob").await);
     let store = job_store(&root, "default", "rot").unwrap();
     write_checkpoint(store.as_ref(), 1, 1).await;

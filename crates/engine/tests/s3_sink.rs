@@ -5,101 +5,19 @@
 //! Needs the s3s-fs binary: `bash tests/tools/install-s3s-fs.sh` (or set `S3S_FS_BIN`). Without it
 //! the tests fail, they never skip.
 
-use std::io::Read;
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
 use streamjob_checkpoint::{S3Config, StaticCredentials};
 use streamjob_engine::connectors::s3_sink::{PendingUpload, S3Output, S3SinkError, MIN_PART_SIZE};
 use streamjob_engine::operator::{OperatorContext, Output, RestoredState, StreamOperator};
 use streamjob_engine::state::decode_entry;
 use streamjob_engine::types::{Barrier, SnapshotType};
 
-const ACCESS_KEY: &str = "streamjob-test";
-const SECRET_KEY: &str = "streamjob-test-secret";
+#[path = "../../../tests/support/s3s_fs.rs"]
+mod s3s_fs;
+use s3s_fs::{S3Server, ACCESS_KEY, SECRET_KEY};
+
 const BUCKET: &str = "results";
 
-/// A running s3s-fs with bucket [`BUCKET`]; killed on drop.
-struct S3Server {
-    child: Child,
-    endpoint: String,
-    _data: tempfile::TempDir,
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn s3s_fs_binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os("S3S_FS_BIN") {
-        return PathBuf::from(bin);
-    }
-    let home = std::env::var_os("HOME").expect("HOME is not set; set S3S_FS_BIN");
-    PathBuf::from(home).join(".cache/streamjob/s3s-fs-0.14.1/bin/s3s-fs")
-}
-
 impl S3Server {
-    fn start() -> Self {
-        let bin = s3s_fs_binary();
-        assert!(
-            bin.is_file(),
-            "s3s-fs not found at {}: run `bash tests/tools/install-s3s-fs.sh` (or set S3S_FS_BIN)",
-            bin.display()
-        );
-        let mut last_log = String::new();
-        for _ in 0..3 {
-            let data = tempfile::tempdir().expect("temp dir for s3s-fs data");
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("free port")
-                .port();
-            let log_path = data.path().join("s3s-fs.log");
-            let log = std::fs::File::create(&log_path).expect("s3s-fs log file");
-            let root = data.path().join("root");
-            // s3s-fs serves every folder of its root as a bucket.
-            std::fs::create_dir_all(root.join(BUCKET)).expect("bucket folder");
-            let child = Command::new(&bin)
-                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-                .arg(&root)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("log handle"))
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("failed to start {}: {e}", bin.display()));
-            let mut server = S3Server {
-                child,
-                endpoint: format!("http://127.0.0.1:{port}"),
-                _data: data,
-            };
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    std::thread::sleep(Duration::from_millis(100));
-                    if matches!(server.child.try_wait(), Ok(None)) {
-                        return server;
-                    }
-                    break;
-                }
-                if !matches!(server.child.try_wait(), Ok(None)) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            last_log.clear();
-            if let Ok(mut f) = std::fs::File::open(&log_path) {
-                let _ = f.read_to_string(&mut last_log);
-            }
-            drop(server);
-        }
-        panic!("s3s-fs did not start listening; its log:\n{last_log}");
-    }
-
     fn output(&self, prefix: &str) -> S3Output {
         S3Output::new(S3Config {
             bucket: BUCKET.into(),
@@ -156,7 +74,7 @@ fn lines(records: std::ops::Range<u64>) -> String {
 
 #[test]
 fn pre_committed_output_is_invisible_until_the_checkpoint_completes() {
-    let server = S3Server::start();
+    let server = S3Server::start(&[BUCKET]);
     let output = server.output("run/out");
     let mut sink = sink(&output, MIN_PART_SIZE);
 
@@ -201,7 +119,7 @@ fn pre_committed_output_is_invisible_until_the_checkpoint_completes() {
 
 #[test]
 fn a_pending_upload_completed_twice_is_harmless() {
-    let server = S3Server::start();
+    let server = S3Server::start(&[BUCKET]);
     let output = server.output("twice");
     let mut sink = sink(&output, MIN_PART_SIZE);
     write(&mut sink, 0..500);
@@ -238,7 +156,7 @@ fn a_pending_upload_completed_twice_is_harmless() {
 
 #[test]
 fn large_output_is_uploaded_in_parts_through_the_spill_file() {
-    let server = S3Server::start();
+    let server = S3Server::start(&[BUCKET]);
     let output = server.output("");
     let mut sink = sink(&output, MIN_PART_SIZE);
     // 20-byte lines: 600k records = 12 MB = 3 parts of 5 MiB (the last smaller).
@@ -274,7 +192,7 @@ fn ctx(subtask: u32, parallelism: u32, attempt: u64, restored: Option<u64>) -> O
 
 #[test]
 fn a_restored_attempt_commits_pending_uploads_and_rolls_back_later_output() {
-    let server = S3Server::start();
+    let server = S3Server::start(&[BUCKET]);
     let output = server.output("job");
     // Attempt 1, parallelism 4: checkpoint 5 completes but its notification never arrives (crash);
     // checkpoint 6 was committed by subtasks 1 and 3 before the restore chose checkpoint 5.

@@ -21,6 +21,7 @@ use streamjob_engine::config::WatermarkAlignment;
 use streamjob_engine::connectors::file_sink::FileSink;
 use streamjob_engine::connectors::nexmark::{Event, NexmarkConfig, NexmarkSource};
 use streamjob_engine::connectors::s3_sink::{S3Options, S3Output, S3SinkError};
+use streamjob_engine::connectors::sequence::{SequenceRecord, SequenceSource};
 use streamjob_engine::operators::window::{Count, WindowAssigner, WindowResult};
 use streamjob_engine::stream::{DataStream, StreamEnv};
 use streamjob_engine::types::Data;
@@ -447,6 +448,25 @@ fn inject<T: Data>(stream: DataStream<T>, fault: Option<FaultHook>) -> DataStrea
             r
         }),
     }
+}
+
+/// The per-key sequence source (`keys` keys; record `i` is key `i % keys`, seq `i / keys`),
+/// with the fault hook (if any).
+fn sequence_records(
+    env: &StreamEnv,
+    source: SourceParams,
+    keys: u64,
+    fault: Option<FaultHook>,
+) -> DataStream<SequenceRecord> {
+    let records = env.source("sequence", move |_| {
+        Box::new(SequenceSource::new(
+            keys,
+            source.events,
+            source.splits,
+            source.rate,
+        ))
+    });
+    inject(records, fault)
 }
 
 fn nexmark_source(

@@ -10,13 +10,13 @@ use std::fmt::Write as _;
 
 use super::ResultSink;
 use serde::{Deserialize, Serialize};
-use streamjob_engine::connectors::sequence::{SequenceRecord, SequenceSource};
+use streamjob_engine::connectors::sequence::SequenceRecord;
 use streamjob_engine::operator::OperatorError;
 use streamjob_engine::operators::keyed_process::{KeyedContext, KeyedProcessFunction};
 use streamjob_engine::state::{StateRegistry, ValueState};
 use streamjob_engine::stream::StreamEnv;
 
-use super::{inject, FaultHook, SourceParams};
+use super::{sequence_records, FaultHook, SourceParams};
 
 /// One output line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,15 +84,7 @@ pub(super) fn build(
     output: ResultSink,
     fault: Option<FaultHook>,
 ) {
-    let records = env.source("sequence", move |_| {
-        Box::new(SequenceSource::new(
-            keys,
-            source.events,
-            source.splits,
-            source.rate,
-        ))
-    });
-    inject(records, fault)
+    sequence_records(env, source, keys, fault)
         .key_by(|r: &SequenceRecord| r.key)
         .process("count-sequences", CountSequences::default)
         .sink("file-sink", move |_| {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::Client;
-use streamjob_checkpoint::s3_config::{S3Config, StaticCredentials};
+use streamjob_checkpoint::s3_config::S3Config;
 use streamjob_checkpoint::url::{S3Options, StoreUrl, UrlError};
 use streamjob_checkpoint::{S3Store, StoreError};
 
@@ -194,27 +194,10 @@ impl S3Output {
             Err(UrlError::Invalid { reason, .. }) => return Err(invalid(reason)),
             Err(other) => return Err(invalid(other.to_string())),
         };
-        let credentials = match (options.access_key_id, options.secret_access_key) {
-            (Some(access_key_id), Some(secret_access_key)) => Some(StaticCredentials {
-                access_key_id,
-                secret_access_key,
-                session_token: options.session_token,
-            }),
-            (None, None) => None,
-            _ => {
-                return Err(invalid(
-                    "set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither".into(),
-                ))
-            }
-        };
-        Ok(Self::new(S3Config {
-            bucket,
-            prefix,
-            region: options.region,
-            endpoint: options.endpoint,
-            force_path_style: options.force_path_style.unwrap_or(false),
-            credentials,
-        }))
+        let config = options
+            .into_config(bucket, prefix)
+            .map_err(|reason| invalid(reason.into()))?;
+        Ok(Self::new(config))
     }
 
     /// Output with explicit settings (`config.prefix` is the key prefix of the objects).
