@@ -9,15 +9,14 @@
 //! Needs the s3s-fs binary: `bash tests/tools/install-s3s-fs.sh` (or set `S3S_FS_BIN`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use streamjob_engine::connectors::s3_sink::{S3Options, S3Output};
 
 mod common;
-use common::{free_port, http, output_lines, status, wait_for, BIN};
+use common::{http, output_lines, start_worker, status, wait_for, Worker, BIN, TOKEN};
 
-const TOKEN: &str = "test-token";
 #[path = "support/s3s_fs.rs"]
 mod s3s_fs;
 use s3s_fs::{S3Server, ACCESS_KEY, SECRET_KEY};
@@ -64,36 +63,21 @@ fn manifest(
     path
 }
 
-struct Worker {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_worker(manifest: &Path, attempt: u64, restore: &str) -> Worker {
-    let port = free_port();
-    let child = Command::new(BIN)
-        .args(["worker", "--job-file"])
-        .arg(manifest)
-        .args(["--attempt", &attempt.to_string(), "--restore", restore])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env("STREAMJOB_CONTROL_TOKEN", TOKEN)
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env_remove("S3_ENDPOINT")
-        .env_remove("S3_FORCE_PATH_STYLE")
-        .env_remove("AWS_SESSION_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start streamjob worker");
-    Worker { child, port }
+/// A worker with the S3 keys and no S3 settings from the environment (they must come from
+/// `storage.s3`).
+fn s3_worker(manifest: &Path, attempt: u64, restore: &str) -> Worker {
+    start_worker(
+        manifest,
+        attempt,
+        restore,
+        &[
+            ("AWS_ACCESS_KEY_ID", Some(ACCESS_KEY)),
+            ("AWS_SECRET_ACCESS_KEY", Some(SECRET_KEY)),
+            ("S3_ENDPOINT", None),
+            ("S3_FORCE_PATH_STYLE", None),
+            ("AWS_SESSION_TOKEN", None),
+        ],
+    )
 }
 
 #[test]
@@ -127,7 +111,7 @@ fn s3_output_after_a_kill_a_savepoint_and_a_rescale_equals_a_folder_run() {
 
     // 1. SIGKILL once results are committed and a later checkpoint completed: the pre-committed
     //    uploads of the newest checkpoints are left behind, never completed by this worker.
-    let mut first = start_worker(
+    let mut first = s3_worker(
         &manifest(&dir, "s3", 2, 20_000, output, &storage),
         1,
         "latest",
@@ -155,7 +139,7 @@ fn s3_output_after_a_kill_a_savepoint_and_a_rescale_equals_a_folder_run() {
     );
 
     // 2. Restore the latest checkpoint (its pending uploads are completed), then stop with a savepoint.
-    let mut second = start_worker(
+    let mut second = s3_worker(
         &manifest(&dir, "s3", 2, 20_000, output, &storage),
         2,
         "latest",
@@ -192,7 +176,7 @@ fn s3_output_after_a_kill_a_savepoint_and_a_rescale_equals_a_folder_run() {
 
     // 3. Resume from the savepoint at parallelism 3, to the end.
     let folder = format!("savepoints/{}", location.rsplit('/').next().unwrap());
-    let mut third = start_worker(&manifest(&dir, "s3", 3, 0, output, &storage), 3, &folder);
+    let mut third = s3_worker(&manifest(&dir, "s3", 3, 0, output, &storage), 3, &folder);
     assert!(third.child.wait().unwrap().success());
 
     let actual = server.lines(output);

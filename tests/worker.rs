@@ -3,12 +3,11 @@
 //! same job.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 mod common;
-use common::{free_port, http, output_lines, status, wait_for, BIN};
-const TOKEN: &str = "test-token";
+use common::{http, output_lines, start_worker, status, wait_for, BIN, TOKEN};
 
 fn manifest(dir: &Path, name: &str, parallelism: u32, rate: u64) -> PathBuf {
     let path = dir.join(format!("{name}-{parallelism}.yaml"));
@@ -19,39 +18,6 @@ fn manifest(dir: &Path, name: &str, parallelism: u32, rate: u64) -> PathBuf {
     );
     std::fs::write(&path, text).unwrap();
     path
-}
-
-struct Worker {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_worker(manifest: &Path, attempt: u64, restore: &str) -> Worker {
-    let port = free_port();
-    let child = Command::new(BIN)
-        .args(["worker", "--job-file"])
-        .arg(manifest)
-        .args([
-            "--attempt",
-            &attempt.to_string(),
-            "--restore",
-            restore,
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .env("STREAMJOB_CONTROL_TOKEN", TOKEN)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start streamjob worker");
-    Worker { child, port }
 }
 
 fn reference(tmp: &Path) -> Vec<String> {
@@ -77,7 +43,7 @@ fn killed_worker_is_restored_without_loss_or_duplicates() {
     std::fs::create_dir_all(&dir).unwrap();
     let job = manifest(&dir, "kill", 2, 60_000);
 
-    let mut first = start_worker(&job, 1, "latest");
+    let mut first = start_worker(&job, 1, "latest", &[]);
     wait_for("two checkpoints", Duration::from_secs(30), || {
         status(first.port).is_some_and(|s| s["lastCheckpoint"]["id"].as_u64().unwrap_or(0) >= 2)
     });
@@ -89,7 +55,7 @@ fn killed_worker_is_restored_without_loss_or_duplicates() {
         "the worker was killed too late to test anything"
     );
 
-    let mut second = start_worker(&job, 2, "latest");
+    let mut second = start_worker(&job, 2, "latest", &[]);
     wait_for(
         "the restored attempt to run",
         Duration::from_secs(30),
@@ -117,7 +83,7 @@ fn control_api_stops_with_savepoint_and_a_new_attempt_resumes_from_it() {
     let dir = tmp.path().join("savepoint");
     std::fs::create_dir_all(&dir).unwrap();
 
-    let mut first = start_worker(&manifest(&dir, "sp", 2, 60_000), 1, "none");
+    let mut first = start_worker(&manifest(&dir, "sp", 2, 60_000), 1, "none", &[]);
     wait_for("a checkpoint", Duration::from_secs(30), || {
         status(first.port).is_some_and(|s| s["lastCheckpoint"]["id"].as_u64().is_some())
     });
@@ -150,7 +116,7 @@ fn control_api_stops_with_savepoint_and_a_new_attempt_resumes_from_it() {
 
     // Resume at another parallelism from the savepoint folder.
     let folder = format!("savepoints/{}", location.rsplit('/').next().unwrap());
-    let mut second = start_worker(&manifest(&dir, "sp", 3, 0), 2, &folder);
+    let mut second = start_worker(&manifest(&dir, "sp", 3, 0), 2, &folder, &[]);
     assert!(second.child.wait().unwrap().success());
     assert_eq!(output_lines(&dir.join("out")), expected);
 }

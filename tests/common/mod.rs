@@ -1,13 +1,60 @@
-//! Helpers shared by the tests that run real `streamjob` processes: free ports, a minimal HTTP
-//! client for the control API, polling, and reading a job's committed output.
+//! Helpers shared by the tests that run real `streamjob` processes: free ports, a single worker
+//! process, a minimal HTTP client for the control API, polling, and reading a job's committed output.
+#![allow(dead_code)] // each test binary uses a different part
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The `streamjob` binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_streamjob");
+
+/// Control token of the workers the tests start.
+pub const TOKEN: &str = "test-token";
+
+/// A `streamjob worker` process (one worker: it hosts the coordinator); killed on drop.
+pub struct Worker {
+    pub child: Child,
+    /// Its control API port.
+    pub port: u16,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `streamjob worker` for `manifest` as `attempt`, restoring `restore` (`latest`, `none` or a
+/// snapshot folder); `env` adds (`Some`) or removes (`None`) environment variables.
+pub fn start_worker(
+    manifest: &Path,
+    attempt: u64,
+    restore: &str,
+    env: &[(&str, Option<&str>)],
+) -> Worker {
+    let port = free_port();
+    let mut command = Command::new(BIN);
+    command
+        .args(["worker", "--job-file"])
+        .arg(manifest)
+        .args(["--attempt", &attempt.to_string(), "--restore", restore])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("STREAMJOB_CONTROL_TOKEN", TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (name, value) in env {
+        match value {
+            Some(v) => command.env(name, v),
+            None => command.env_remove(name),
+        };
+    }
+    let child = command.spawn().expect("start streamjob worker");
+    Worker { child, port }
+}
 
 /// A port nobody listens on right now, below the kernel's ephemeral range: a port handed out by
 /// `bind(0)` is itself ephemeral, and an outgoing connection (a worker dialling its peers, an S3

@@ -78,6 +78,23 @@ impl OperatorSnapshot {
             && self.list.is_empty()
             && self.base.is_empty()
     }
+    /// A snapshot of operator list state only: one encoded entry per item (pending sink commits,
+    /// source splits).
+    pub fn from_list<T: Serialize>(operator_id: &str, items: &[T]) -> Result<Self, OperatorError> {
+        let list = items
+            .iter()
+            .map(|item| {
+                crate::state::encode_entry(item).map_err(|e| OperatorError::StateEncode {
+                    operator: operator_id.to_string(),
+                    reason: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            list,
+            ..Self::default()
+        })
+    }
     /// True when this snapshot writes no file of its own (it may still reference earlier ones).
     pub fn writes_nothing(&self) -> bool {
         self.keyed.is_empty() && self.keyed_changes.is_empty() && self.list.is_empty()

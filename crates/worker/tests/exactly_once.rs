@@ -159,6 +159,34 @@ fn reference(tmp: &Path) -> Vec<String> {
     lines
 }
 
+/// Run the job from snapshot folder `dir` (no failures) until its input ends.
+fn resume_to_the_end(
+    config: &JobConfig,
+    dir: String,
+    store: Arc<dyn SnapshotStore>,
+    out: &Path,
+    rt: &tokio::runtime::Runtime,
+) {
+    let options = RunnerOptions {
+        restore_from: Some(dir),
+        ..RunnerOptions::default()
+    };
+    let outcome = run_with_restarts(
+        config,
+        |env| build(env, out, None, no_chaos()),
+        store,
+        &options,
+        rt.handle(),
+        |_| {},
+        |_| MonitorAction::Continue,
+    )
+    .unwrap();
+    assert!(
+        matches!(outcome, RunOutcome::Finished { .. }),
+        "{outcome:?}"
+    );
+}
+
 fn assert_same_output(expected: &[String], actual: &[String]) {
     let count = |lines: &[String]| {
         let mut m: BTreeMap<String, usize> = BTreeMap::new();
@@ -307,24 +335,7 @@ fn rescale_through_savepoint_gives_identical_results() {
             .rsplit_once("/savepoints/")
             .map(|(_, name)| format!("savepoints/{name}"))
             .unwrap();
-        let options = RunnerOptions {
-            restore_from: Some(dir),
-            ..RunnerOptions::default()
-        };
-        let outcome = run_with_restarts(
-            &config(new_parallelism, 100),
-            |env| build(env, &out, None, no_chaos()),
-            store,
-            &options,
-            rt.handle(),
-            |_| {},
-            |_| MonitorAction::Continue,
-        )
-        .unwrap();
-        assert!(
-            matches!(outcome, RunOutcome::Finished { .. }),
-            "{outcome:?}"
-        );
+        resume_to_the_end(&config(new_parallelism, 100), dir, store, &out, &rt);
         assert_same_output(&expected, &output_lines(&out));
     }
 }
@@ -552,23 +563,12 @@ fn incremental_checkpoint_restores_at_another_parallelism() {
             output_lines(&out).len() < expected.len(),
             "the failure came too late"
         );
-        let options = RunnerOptions {
-            restore_from: Some(format!("checkpoints/{name}")),
-            ..RunnerOptions::default()
-        };
-        let outcome = run_with_restarts(
+        resume_to_the_end(
             &incremental_config(new_parallelism, 40),
-            |env| build(env, &out, None, no_chaos()),
+            format!("checkpoints/{name}"),
             store,
-            &options,
-            rt.handle(),
-            |_| {},
-            |_| MonitorAction::Continue,
-        )
-        .unwrap();
-        assert!(
-            matches!(outcome, RunOutcome::Finished { .. }),
-            "{outcome:?}"
+            &out,
+            &rt,
         );
         assert_same_output(&expected, &output_lines(&out));
     }

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::operator::{
     OperatorContext, OperatorError, OperatorSnapshot, Output, RestoredState, StreamOperator,
 };
-use crate::state::{decode_entry, encode_entry};
+use crate::state::decode_entry;
 use crate::types::{Barrier, EndOfStream};
 
 /// A closed file waiting for its checkpoint to complete.
@@ -196,20 +196,7 @@ impl<T: Send, F: Fn(&T, &mut String) + Send> StreamOperator<T, ()> for FileSink<
                 let _ = std::fs::remove_file(self.dir.join(&name));
             }
         }
-        let list = self
-            .pending
-            .iter()
-            .map(|p| {
-                encode_entry(p).map_err(|e| OperatorError::StateEncode {
-                    operator: self.operator_id.clone(),
-                    reason: e.to_string(),
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(OperatorSnapshot {
-            list,
-            ..OperatorSnapshot::default()
-        })
+        OperatorSnapshot::from_list(&self.operator_id, &self.pending)
     }
 
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<(), OperatorError> {

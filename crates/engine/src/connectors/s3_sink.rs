@@ -48,7 +48,7 @@ pub use upload::{PendingUpload, UploadedPart};
 use crate::operator::{
     OperatorContext, OperatorError, OperatorSnapshot, Output, RestoredState, StreamOperator,
 };
-use crate::state::{decode_entry, encode_entry};
+use crate::state::decode_entry;
 use crate::types::{Barrier, EndOfStream};
 use output::block_on;
 use upload::{complete_all, upload_parts, PartSource, Spill};
@@ -238,20 +238,7 @@ impl<T: Send, F: Fn(&T, &mut String) + Send> StreamOperator<T, ()> for S3Sink<T,
         if let Some(upload) = self.pre_commit(barrier.id).map_err(self.err())? {
             self.pending.push(upload);
         }
-        let list = self
-            .pending
-            .iter()
-            .map(|p| {
-                encode_entry(p).map_err(|e| OperatorError::StateEncode {
-                    operator: self.operator_id.clone(),
-                    reason: e.to_string(),
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(OperatorSnapshot {
-            list,
-            ..OperatorSnapshot::default()
-        })
+        OperatorSnapshot::from_list(&self.operator_id, &self.pending)
     }
 
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<(), OperatorError> {
