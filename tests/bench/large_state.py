@@ -11,7 +11,8 @@ Prints a markdown table: throughput, checkpoint duration p50/p99 (steady phase: 
 after the fill), bytes uploaded and referenced per checkpoint (p50), peak RSS, and the state size
 (the referenced bytes of the last full checkpoint). Peak RSS is sampled while the sources run
 (before the final checkpoint a bounded run ends with); a run without periodic checkpoints gives the
-memory of the live state itself, so the last column shows what checkpoints add. Snapshots go to a
+memory of the live state itself, so the RSS ratio shows what checkpoints add. Restore: a second
+run restores the first one's final checkpoint; its wall time minus its own run time. Snapshots go to a
 local folder (deleted after each run); retained: 1.
 """
 import argparse, json, os, pathlib, shutil, statistics, subprocess, tempfile, time
@@ -75,6 +76,18 @@ spec:
             raise SystemExit(f"streamjob run failed ({proc.returncode}): {err[-2000:]}")
         rss_mib = running_peak / 1024
         s = json.loads((w / "s.json").read_text())
+        restore_s = None
+        if mode != "off":
+            # Recovery: a second run restores the final checkpoint of the first (its sources are
+            # done, so it only restores, takes one checkpoint and ends). Restore time = wall time
+            # minus the attempt's own run time (that checkpoint): start-up, choosing and verifying
+            # the snapshot, downloading, decoding and loading the state.
+            t0 = time.monotonic()
+            subprocess.run([a.bin, "run", str(w / "job.yaml"), "--quiet", "--stats-json", str(w / "r.json")],
+                           check=True, capture_output=True)
+            wall = time.monotonic() - t0
+            r = json.loads((w / "r.json").read_text())
+            restore_s = wall - r["runMillis"] / 1000
     finally:
         shutil.rmtree(w, ignore_errors=True)
     cps = s["checkpoints"] if mode != "off" else []
@@ -91,6 +104,7 @@ spec:
         "referenced": pct([c["sizeBytes"] for c in steady], 0.5),
         "last_size": s["checkpoints"][-1]["sizeBytes"] if s["checkpoints"] else None,
         "rss_mib": rss_mib,
+        "restore_s": restore_s,
     }
 
 
@@ -107,8 +121,8 @@ lines = [
     f"large-state: {a.keys:,} keys x {a.value_bytes} B values, {a.rate:,} updates/s, {a.steady_seconds} s after the fill, "
     f"p={a.parallelism}, checkpoints every 1 s to a local folder; state {state_mb:,.0f} MB (full checkpoint); medians of {a.runs}",
     "",
-    "| checkpoints | events/s | checkpoints/run | duration p50 | p99 | max | uploaded p50 | referenced p50 | peak RSS | RSS / no-checkpoint RSS |",
-    "|---|---|---|---|---|---|---|---|---|---|",
+    "| checkpoints | events/s | checkpoints/run | duration p50 | p99 | max | uploaded p50 | referenced p50 | peak RSS | RSS / no-checkpoint RSS | restore |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
 ]
 fmt = lambda v, f: "-" if v is None else f(v)
 for mode in MODES:
@@ -118,7 +132,7 @@ for mode in MODES:
         f"| {mode} | {m('events_per_s'):,.0f} | {m('checkpoints'):.0f} | "
         f"{fmt(m('p50'), lambda v: f'{v:,.0f} ms')} | {fmt(m('p99'), lambda v: f'{v:,.0f} ms')} | {fmt(m('max'), lambda v: f'{v:,.0f} ms')} | "
         f"{fmt(m('uploaded'), lambda v: f'{v / 1e6:,.0f} MB')} | {fmt(m('referenced'), lambda v: f'{v / 1e6:,.0f} MB')} | {m('rss_mib'):,.0f} MiB | "
-        f"{m('rss_mib') / live_mib:.2f}x |")
+        f"{m('rss_mib') / live_mib:.2f}x | {fmt(m('restore_s'), lambda v: f'{v:.1f} s')} |")
 text = "\n".join(lines)
 print(text)
 if a.out:
