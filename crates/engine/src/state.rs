@@ -623,12 +623,24 @@ impl<K: Key> KeyedStateBackend<K> {
     /// Apply change blobs written by [`Self::take_changes`], in the order they were taken, after
     /// the groups' images were loaded with [`Self::restore`]. Unknown states are ignored and counted.
     pub fn apply_changes(&mut self, changes: &[(u32, Vec<u8>)]) -> Result<usize, StateError> {
+        self.load_blobs(changes, |table, offset, key_group, bytes| {
+            table.apply_changes(offset, key_group, bytes)
+        })
+    }
+
+    /// Hand each state's part of each key-group blob to `load`; returns the parts of states this
+    /// function version does not declare.
+    fn load_blobs(
+        &mut self,
+        groups: &[(u32, Vec<u8>)],
+        load: impl Fn(&mut dyn ErasedTable<K>, usize, u32, &[u8]) -> Result<(), StateError>,
+    ) -> Result<usize, StateError> {
         let mut unknown = 0;
-        for (key_group, bytes) in changes {
+        for (key_group, bytes) in groups {
             let offset = self.checked_offset(*key_group)?;
             for (name, bytes) in decode_blob(*key_group, bytes)? {
                 match self.tables.iter_mut().find(|t| t.name() == name) {
-                    Some(table) => table.apply_changes(offset, *key_group, bytes)?,
+                    Some(table) => load(table.as_mut(), offset, *key_group, bytes)?,
                     None => unknown += 1,
                 }
             }
@@ -649,17 +661,9 @@ impl<K: Key> KeyedStateBackend<K> {
     /// Load key group blobs written by [`Self::snapshot`] (possibly by other subtasks at another
     /// parallelism). States not registered by this function version are ignored and counted.
     pub fn restore(&mut self, groups: &[(u32, Vec<u8>)]) -> Result<usize, StateError> {
-        let mut unknown = 0;
-        for (key_group, bytes) in groups {
-            let offset = self.checked_offset(*key_group)?;
-            for (name, bytes) in decode_blob(*key_group, bytes)? {
-                match self.tables.iter_mut().find(|t| t.name() == name) {
-                    Some(table) => table.decode_group(offset, *key_group, bytes)?,
-                    None => unknown += 1,
-                }
-            }
-        }
-        Ok(unknown)
+        self.load_blobs(groups, |table, offset, key_group, bytes| {
+            table.decode_group(offset, key_group, bytes)
+        })
     }
 }
 

@@ -281,65 +281,57 @@ async fn metrics(State(state): State<Arc<ControlState>>) -> Response {
         .or_else(|| state.final_progress.lock().ok().and_then(|p| p.clone()))
         .unwrap_or_default();
     let mut registry = Registry::with_prefix("streamjob");
-    let records: Counter = Counter::default();
-    records.inc_by(status.source_records);
-    registry.register(
+    let mut counter = |name: &str, help: &str, value: u64| {
+        let c: Counter = Counter::default();
+        c.inc_by(value);
+        registry.register(name, help, c);
+    };
+    counter(
         "source_records",
         "Records read by the sources of this attempt",
-        records,
+        status.source_records,
     );
-    let completed: Counter = Counter::default();
-    completed.inc_by(progress.completed);
-    registry.register(
+    counter(
         "checkpoints_completed",
         "Snapshots completed in this attempt",
-        completed,
+        progress.completed,
     );
-    let failed: Counter = Counter::default();
-    failed.inc_by(progress.failed);
-    registry.register(
+    counter(
         "checkpoints_failed",
         "Checkpoints failed or aborted in this attempt",
-        failed,
+        progress.failed,
     );
-    let pauses: Counter = Counter::default();
-    pauses.inc_by(status.alignment.pauses);
-    registry.register(
+    counter(
         "source_alignment_pauses",
         "Times a source subtask paused because its watermark was too far ahead of its alignment group",
-        pauses,
+        status.alignment.pauses,
     );
-    let drift: Gauge = Gauge::default();
-    drift.set(status.alignment.max_drift_ms);
-    registry.register(
+    let mut gauge = |name: &str, help: &str, value: i64| {
+        let g: Gauge = Gauge::default();
+        g.set(value);
+        registry.register(name, help, g);
+    };
+    gauge(
         "source_watermark_drift_max_milliseconds",
         "Largest event-time distance of a source subtask's watermark ahead of its alignment group",
-        drift,
+        status.alignment.max_drift_ms,
     );
-    let attempt: Gauge = Gauge::default();
-    attempt.set(status.attempt as i64);
-    registry.register("job_attempt", "Job attempt number", attempt);
+    gauge("job_attempt", "Job attempt number", status.attempt as i64);
     if let Some(c) = &status.last_checkpoint {
-        let duration: Gauge = Gauge::default();
-        duration.set(c.duration_ms as i64);
-        registry.register(
+        gauge(
             "checkpoint_last_duration_milliseconds",
             "Duration of the newest completed checkpoint",
-            duration,
+            c.duration_ms as i64,
         );
-        let size: Gauge = Gauge::default();
-        size.set(c.size_bytes as i64);
-        registry.register(
+        gauge(
             "checkpoint_last_size_bytes",
             "State size of the newest completed checkpoint",
-            size,
+            c.size_bytes as i64,
         );
-        let at: Gauge = Gauge::default();
-        at.set((c.completed_at_ms / 1000) as i64);
-        registry.register(
+        gauge(
             "checkpoint_last_completed_timestamp_seconds",
             "When the newest checkpoint completed",
-            at,
+            (c.completed_at_ms / 1000) as i64,
         );
     }
     let mut body = String::new();
