@@ -2,9 +2,13 @@
 //! Flink's/Beam's generator): event `i` is a pure function of `i` and the configuration, so any split
 //! of the sequence replays identically after a restore, and two runs produce the same events.
 //!
+//! String fields are [`CompactString`]s: every string the generator makes fits inline (24 bytes), so
+//! generating an event allocates nothing; they serialize exactly as `String`s do.
+//!
 //! Proportions per 50 events: 1 person, 3 auctions, 46 bids. Event time advances by
 //! `inter_event_us` per event from `base_time_ms`. Bids go to recent auctions, hot ones more often.
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::connectors::generator::SplitReader;
@@ -20,18 +24,27 @@ const FIRST_AUCTION_ID: u64 = 1000;
 const HOT_AUCTION_RATIO: u64 = 100;
 const HOT_BIDDER_RATIO: u64 = 100;
 const NUM_CATEGORIES: u64 = 5;
-const US_STATES: [&str; 6] = ["AZ", "CA", "ID", "OR", "WA", "WY"];
-const US_CITIES: [&str; 10] = [
-    "Phoenix",
-    "Los Angeles",
-    "San Francisco",
-    "Boise",
-    "Portland",
-    "Bend",
-    "Redmond",
-    "Seattle",
-    "Kent",
-    "Cheyenne",
+// Fixed strings are built at compile time and cloned per event (a 24-byte copy): building them per
+// event copied the text byte-wise into the inline buffer and stalled reading it back.
+const US_STATES: [CompactString; 6] = [
+    CompactString::const_new("AZ"),
+    CompactString::const_new("CA"),
+    CompactString::const_new("ID"),
+    CompactString::const_new("OR"),
+    CompactString::const_new("WA"),
+    CompactString::const_new("WY"),
+];
+const US_CITIES: [CompactString; 10] = [
+    CompactString::const_new("Phoenix"),
+    CompactString::const_new("Los Angeles"),
+    CompactString::const_new("San Francisco"),
+    CompactString::const_new("Boise"),
+    CompactString::const_new("Portland"),
+    CompactString::const_new("Bend"),
+    CompactString::const_new("Redmond"),
+    CompactString::const_new("Seattle"),
+    CompactString::const_new("Kent"),
+    CompactString::const_new("Cheyenne"),
 ];
 const FIRST_NAMES: [&str; 11] = [
     "Peter", "Paul", "Luke", "John", "Saul", "Vicky", "Kate", "Julie", "Sarah", "Deiter", "Walter",
@@ -39,17 +52,22 @@ const FIRST_NAMES: [&str; 11] = [
 const LAST_NAMES: [&str; 9] = [
     "Shultz", "Abrams", "Spencer", "White", "Bartels", "Walton", "Smith", "Jones", "Noris",
 ];
-const CHANNELS: [&str; 4] = ["Google", "Facebook", "Baidu", "Apple"];
+const CHANNELS: [CompactString; 4] = [
+    CompactString::const_new("Google"),
+    CompactString::const_new("Facebook"),
+    CompactString::const_new("Baidu"),
+    CompactString::const_new("Apple"),
+];
 
 /// A new person.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Person {
     pub id: u64,
-    pub name: String,
-    pub email_address: String,
-    pub credit_card: String,
-    pub city: String,
-    pub state: String,
+    pub name: CompactString,
+    pub email_address: CompactString,
+    pub credit_card: CompactString,
+    pub city: CompactString,
+    pub state: CompactString,
     pub date_time: Timestamp,
 }
 
@@ -57,7 +75,7 @@ pub struct Person {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Auction {
     pub id: u64,
-    pub item_name: String,
+    pub item_name: CompactString,
     pub initial_bid: u64,
     pub reserve: u64,
     pub date_time: Timestamp,
@@ -72,15 +90,16 @@ pub struct Bid {
     pub auction: u64,
     pub bidder: u64,
     pub price: u64,
-    pub channel: String,
+    pub channel: CompactString,
     pub date_time: Timestamp,
 }
 
-/// One Nexmark event.
+/// One Nexmark event. Persons and auctions (4 of 50 events) are boxed, so an event takes no more
+/// room than a bid: batches of events are moved through the pipeline, and their size is copied.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Event {
-    Person(Person),
-    Auction(Auction),
+    Person(Box<Person>),
+    Auction(Box<Auction>),
     Bid(Bid),
 }
 
@@ -117,6 +136,41 @@ impl Default for NexmarkConfig {
             active_people: 1000,
         }
     }
+}
+
+/// The pieces, joined (fits inline: no allocation).
+fn concat(pieces: &[&str]) -> CompactString {
+    let mut s = CompactString::const_new("");
+    for piece in pieces {
+        s.push_str(piece);
+    }
+    s
+}
+
+/// `first.last@N.com`.
+fn email(first: &str, last: &str, n: u64) -> CompactString {
+    let mut digits = itoa::Buffer::new();
+    concat(&[first, ".", last, "@", digits.format(n), ".com"])
+}
+
+/// `item-N`.
+fn item_name(n: u64) -> CompactString {
+    let mut digits = itoa::Buffer::new();
+    concat(&["item-", digits.format(n)])
+}
+
+/// Four groups of four zero-padded digits from bits of `r` (`format!("{:04} {:04} {:04} {:04}")`).
+fn credit_card(r: u64) -> CompactString {
+    let mut text = [b' '; 19];
+    for (group, shift) in [20, 30, 40, 50].into_iter().enumerate() {
+        let mut n = (r >> shift) % 10_000;
+        for place in (0..4).rev() {
+            text[group * 5 + place] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    }
+    // ASCII digits and spaces: always valid UTF-8.
+    CompactString::from_utf8(text).unwrap_or_default()
 }
 
 /// splitmix64: a fast, well-mixed deterministic hash of the event index.
@@ -165,26 +219,17 @@ impl NexmarkConfig {
         let offset = index % TOTAL_PROPORTION;
         if offset < PERSON_PROPORTION {
             let id = self.last_person_id(index);
-            let name = format!(
-                "{} {}",
-                FIRST_NAMES[(r % 11) as usize],
-                LAST_NAMES[((r >> 8) % 9) as usize]
-            );
-            Event::Person(Person {
+            let first = FIRST_NAMES[(r % 11) as usize];
+            let last = LAST_NAMES[((r >> 8) % 9) as usize];
+            Event::Person(Box::new(Person {
                 id,
-                email_address: format!("{}@{}.com", name.replace(' ', "."), (r >> 16) % 1000),
-                name,
-                credit_card: format!(
-                    "{:04} {:04} {:04} {:04}",
-                    (r >> 20) % 10000,
-                    (r >> 30) % 10000,
-                    (r >> 40) % 10000,
-                    (r >> 50) % 10000
-                ),
-                city: US_CITIES[((r >> 12) % 10) as usize].to_string(),
-                state: US_STATES[((r >> 24) % 6) as usize].to_string(),
+                name: concat(&[first, " ", last]),
+                email_address: email(first, last, (r >> 16) % 1000),
+                credit_card: credit_card(r),
+                city: US_CITIES[((r >> 12) % 10) as usize].clone(),
+                state: US_STATES[((r >> 24) % 6) as usize].clone(),
                 date_time: time,
-            })
+            }))
         } else if offset < PERSON_PROPORTION + AUCTION_PROPORTION {
             let id = self.last_auction_id(index);
             let last_person = self.last_person_id(index);
@@ -196,16 +241,16 @@ impl NexmarkConfig {
             }
             .max(FIRST_PERSON_ID);
             let initial_bid = 100 + (r >> 16) % 10_000;
-            Event::Auction(Auction {
+            Event::Auction(Box::new(Auction {
                 id,
-                item_name: format!("item-{}", (r >> 24) % 100_000),
+                item_name: item_name((r >> 24) % 100_000),
                 initial_bid,
                 reserve: initial_bid + (r >> 32) % 10_000,
                 date_time: time,
                 expires: time + 10_000 + ((r >> 40) % 20_000) as i64,
                 seller,
                 category: 10 + (r >> 48) % NUM_CATEGORIES,
-            })
+            }))
         } else {
             let last_auction = self.last_auction_id(index);
             let auction = if !r.is_multiple_of(3) {
@@ -226,7 +271,7 @@ impl NexmarkConfig {
                 auction,
                 bidder,
                 price: 100 + (r >> 24) % 100_000,
-                channel: CHANNELS[((r >> 40) % 4) as usize].to_string(),
+                channel: CHANNELS[((r >> 40) % 4) as usize].clone(),
                 date_time: time,
             })
         }
@@ -279,6 +324,46 @@ impl SourceFunction<Event> for NexmarkSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn string_fields_are_the_documented_formats() {
+        let c = NexmarkConfig::default();
+        let mut persons = 0;
+        for i in 0..5000 {
+            let r = mix(i);
+            match c.event(i) {
+                Event::Person(p) => {
+                    persons += 1;
+                    let name = format!(
+                        "{} {}",
+                        FIRST_NAMES[(r % 11) as usize],
+                        LAST_NAMES[((r >> 8) % 9) as usize]
+                    );
+                    assert_eq!(
+                        p.email_address,
+                        format!("{}@{}.com", name.replace(' ', "."), (r >> 16) % 1000)
+                    );
+                    assert_eq!(p.name, name);
+                    assert_eq!(
+                        p.credit_card,
+                        format!(
+                            "{:04} {:04} {:04} {:04}",
+                            (r >> 20) % 10000,
+                            (r >> 30) % 10000,
+                            (r >> 40) % 10000,
+                            (r >> 50) % 10000
+                        )
+                    );
+                    assert!(!p.name.is_heap_allocated() && !p.email_address.is_heap_allocated());
+                }
+                Event::Auction(a) => {
+                    assert_eq!(a.item_name, format!("item-{}", (r >> 24) % 100_000))
+                }
+                Event::Bid(b) => assert!(CHANNELS.contains(&b.channel)),
+            }
+        }
+        assert_eq!(persons, 100);
+    }
 
     #[test]
     fn deterministic_with_nexmark_proportions() {

@@ -9,6 +9,7 @@
 //! does, from another source subtask). A person is emitted as soon as both sides met — once, since
 //! a person registers once — and event-time timers at the window ends clear the state.
 
+use compact_str::CompactString;
 use std::fmt::Write as _;
 
 use super::ResultSink;
@@ -25,7 +26,7 @@ use streamjob_engine::types::Timestamp;
 enum PersonOrAuction {
     Person {
         id: u64,
-        name: String,
+        name: CompactString,
         time: Timestamp,
     },
     Auction {
@@ -47,7 +48,7 @@ impl PersonOrAuction {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewUser {
     pub id: u64,
-    pub name: String,
+    pub name: CompactString,
     pub window_start: Timestamp,
 }
 
@@ -55,7 +56,7 @@ pub struct NewUser {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct JoinState {
     /// Registration window start and name.
-    person: Option<(Timestamp, String)>,
+    person: Option<(Timestamp, CompactString)>,
     /// Starts of windows in which this person sold something (no registration seen there yet).
     sold_in: Vec<Timestamp>,
 }
