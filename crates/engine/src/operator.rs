@@ -175,6 +175,10 @@ pub struct RestoredState {
     pub list: Vec<Vec<u8>>,
 }
 
+/// An output buffer is pre-sized for at most this many records (one huge batch, such as a window
+/// firing at the end of input, must not make every later buffer huge).
+const MAX_OUTPUT_CAPACITY_HINT: usize = 16 * 1024;
+
 /// Records and watermark an operator emitted while handling one input.
 #[derive(Debug)]
 pub struct Output<O> {
@@ -206,9 +210,11 @@ impl<O> Output<O> {
     pub fn emit_watermark(&mut self, watermark: Timestamp) {
         self.watermark = Some(self.watermark.map_or(watermark, |w| w.max(watermark)));
     }
-    /// Take the records, leaving an empty buffer with the same capacity strategy.
+    /// Take the records, leaving an empty buffer sized for a batch like this one (so the next batch
+    /// does not grow its buffer step by step, copying as it goes).
     pub(crate) fn take_records(&mut self) -> Vec<O> {
-        std::mem::take(&mut self.records)
+        let hint = self.records.len().min(MAX_OUTPUT_CAPACITY_HINT);
+        std::mem::replace(&mut self.records, Vec::with_capacity(hint))
     }
 }
 

@@ -271,10 +271,12 @@ impl<T: Send> ExchangeOut<T> {
 
     fn flush_channel(&mut self, channel: usize) -> Result<(), PipelineError> {
         if !self.buffers[channel].is_empty() {
-            let batch = std::mem::replace(
-                &mut self.buffers[channel],
-                Vec::with_capacity(self.batch_size),
-            );
+            // A forward channel takes over the next input batch whole: no buffer to pre-size.
+            let capacity = match self.partitioner {
+                Partitioner::Forward => 0,
+                _ => self.batch_size,
+            };
+            let batch = std::mem::replace(&mut self.buffers[channel], Vec::with_capacity(capacity));
             self.sent_records += batch.len() as u64;
             self.send(channel, Message::Data(batch))?;
         }
