@@ -36,6 +36,8 @@ pub struct SplitReader {
     emitted: u64,
     started: Option<Instant>,
     parallelism: u32,
+    /// Reused buffer of the indices one poll emits.
+    indices: Vec<u64>,
 }
 
 impl SplitReader {
@@ -49,6 +51,7 @@ impl SplitReader {
             emitted: 0,
             started: None,
             parallelism: 1,
+            indices: Vec::new(),
         }
     }
 
@@ -137,11 +140,14 @@ impl SplitReader {
             }
             budget = budget.min((allowed - self.emitted) as usize);
         }
-        let mut emitted = 0;
-        'rounds: while emitted < budget {
+        // First the indices, then the events in one pass over them: built straight into the
+        // output buffer (a push per event went through a stack copy the CPU could not forward).
+        let mut indices = std::mem::take(&mut self.indices);
+        indices.clear();
+        'rounds: while indices.len() < budget {
             let mut any = false;
             for i in 0..self.positions.len() {
-                if emitted >= budget {
+                if indices.len() >= budget {
                     break 'rounds;
                 }
                 let p = self.positions[i];
@@ -149,14 +155,16 @@ impl SplitReader {
                     continue;
                 }
                 any = true;
-                out.collect(make(self.index(&p)));
+                indices.push(self.index(&p));
                 self.positions[i].next += 1;
-                emitted += 1;
             }
             if !any {
                 break;
             }
         }
+        let emitted = indices.len();
+        out.extend(indices.iter().map(|&i| make(i)));
+        self.indices = indices;
         self.emitted += emitted as u64;
         let next_time = self
             .positions

@@ -9,6 +9,7 @@
 //! `inter_event_us` per event from `base_time_ms`. Bids go to recent auctions, hot ones more often.
 
 use compact_str::CompactString;
+
 use serde::{Deserialize, Serialize};
 
 use crate::connectors::generator::SplitReader;
@@ -212,68 +213,85 @@ impl NexmarkConfig {
         FIRST_AUCTION_ID + epoch * AUCTION_PROPORTION + offset
     }
 
-    /// Event number `index`.
+    /// Event number `index`. Small enough to inline into the source's loop: the bid (46 of 50
+    /// events) is built in place; persons and auctions are built out of line.
+    #[inline(always)]
     pub fn event(&self, index: u64) -> Event {
         let r = mix(index);
-        let time = self.time_of(index);
         let offset = index % TOTAL_PROPORTION;
         if offset < PERSON_PROPORTION {
-            let id = self.last_person_id(index);
-            let first = FIRST_NAMES[(r % 11) as usize];
-            let last = LAST_NAMES[((r >> 8) % 9) as usize];
-            Event::Person(Box::new(Person {
-                id,
-                name: concat(&[first, " ", last]),
-                email_address: email(first, last, (r >> 16) % 1000),
-                credit_card: credit_card(r),
-                city: US_CITIES[((r >> 12) % 10) as usize].clone(),
-                state: US_STATES[((r >> 24) % 6) as usize].clone(),
-                date_time: time,
-            }))
+            Event::Person(self.person(index, r))
         } else if offset < PERSON_PROPORTION + AUCTION_PROPORTION {
-            let id = self.last_auction_id(index);
-            let last_person = self.last_person_id(index);
-            let seller = if r.is_multiple_of(10) {
-                // Hot sellers.
-                (last_person / HOT_BIDDER_RATIO) * HOT_BIDDER_RATIO
-            } else {
-                last_person.saturating_sub((r >> 8) % self.active_people.max(1))
-            }
-            .max(FIRST_PERSON_ID);
-            let initial_bid = 100 + (r >> 16) % 10_000;
-            Event::Auction(Box::new(Auction {
-                id,
-                item_name: item_name((r >> 24) % 100_000),
-                initial_bid,
-                reserve: initial_bid + (r >> 32) % 10_000,
-                date_time: time,
-                expires: time + 10_000 + ((r >> 40) % 20_000) as i64,
-                seller,
-                category: 10 + (r >> 48) % NUM_CATEGORIES,
-            }))
+            Event::Auction(self.auction(index, r))
         } else {
-            let last_auction = self.last_auction_id(index);
-            let auction = if !r.is_multiple_of(3) {
-                // Hot auctions get most bids.
-                (last_auction / HOT_AUCTION_RATIO) * HOT_AUCTION_RATIO
-            } else {
-                last_auction.saturating_sub((r >> 8) % self.active_auctions.max(1))
-            }
-            .max(FIRST_AUCTION_ID);
-            let last_person = self.last_person_id(index);
-            let bidder = if !(r >> 4).is_multiple_of(4) {
-                (last_person / HOT_BIDDER_RATIO) * HOT_BIDDER_RATIO + 1
-            } else {
-                last_person.saturating_sub((r >> 16) % self.active_people.max(1))
-            }
-            .max(FIRST_PERSON_ID);
-            Event::Bid(Bid {
-                auction,
-                bidder,
-                price: 100 + (r >> 24) % 100_000,
-                channel: CHANNELS[((r >> 40) % 4) as usize].clone(),
-                date_time: time,
-            })
+            Event::Bid(self.bid(index, r))
+        }
+    }
+
+    #[inline(never)]
+    fn person(&self, index: u64, r: u64) -> Box<Person> {
+        let id = self.last_person_id(index);
+        let first = FIRST_NAMES[(r % 11) as usize];
+        let last = LAST_NAMES[((r >> 8) % 9) as usize];
+        Box::new(Person {
+            id,
+            name: concat(&[first, " ", last]),
+            email_address: email(first, last, (r >> 16) % 1000),
+            credit_card: credit_card(r),
+            city: US_CITIES[((r >> 12) % 10) as usize].clone(),
+            state: US_STATES[((r >> 24) % 6) as usize].clone(),
+            date_time: self.time_of(index),
+        })
+    }
+
+    #[inline(never)]
+    fn auction(&self, index: u64, r: u64) -> Box<Auction> {
+        let id = self.last_auction_id(index);
+        let last_person = self.last_person_id(index);
+        let seller = if r.is_multiple_of(10) {
+            // Hot sellers.
+            (last_person / HOT_BIDDER_RATIO) * HOT_BIDDER_RATIO
+        } else {
+            last_person.saturating_sub((r >> 8) % self.active_people.max(1))
+        }
+        .max(FIRST_PERSON_ID);
+        let initial_bid = 100 + (r >> 16) % 10_000;
+        let time = self.time_of(index);
+        Box::new(Auction {
+            id,
+            item_name: item_name((r >> 24) % 100_000),
+            initial_bid,
+            reserve: initial_bid + (r >> 32) % 10_000,
+            date_time: time,
+            expires: time + 10_000 + ((r >> 40) % 20_000) as i64,
+            seller,
+            category: 10 + (r >> 48) % NUM_CATEGORIES,
+        })
+    }
+
+    #[inline(always)]
+    fn bid(&self, index: u64, r: u64) -> Bid {
+        let last_auction = self.last_auction_id(index);
+        let auction = if !r.is_multiple_of(3) {
+            // Hot auctions get most bids.
+            (last_auction / HOT_AUCTION_RATIO) * HOT_AUCTION_RATIO
+        } else {
+            last_auction.saturating_sub((r >> 8) % self.active_auctions.max(1))
+        }
+        .max(FIRST_AUCTION_ID);
+        let last_person = self.last_person_id(index);
+        let bidder = if !(r >> 4).is_multiple_of(4) {
+            (last_person / HOT_BIDDER_RATIO) * HOT_BIDDER_RATIO + 1
+        } else {
+            last_person.saturating_sub((r >> 16) % self.active_people.max(1))
+        }
+        .max(FIRST_PERSON_ID);
+        Bid {
+            auction,
+            bidder,
+            price: 100 + (r >> 24) % 100_000,
+            channel: CHANNELS[((r >> 40) % 4) as usize].clone(),
+            date_time: self.time_of(index),
         }
     }
 }
@@ -359,7 +377,24 @@ mod tests {
                 Event::Auction(a) => {
                     assert_eq!(a.item_name, format!("item-{}", (r >> 24) % 100_000))
                 }
-                Event::Bid(b) => assert!(CHANNELS.contains(&b.channel)),
+                Event::Bid(b) => {
+                    assert!(CHANNELS.contains(&b.channel));
+                    // The definition the Java port of the Flink side mirrors, with plain divisions.
+                    let last_auction = c.last_auction_id(i);
+                    let auction = if r % 3 != 0 {
+                        last_auction / 100 * 100
+                    } else {
+                        last_auction.saturating_sub((r >> 8) % c.active_auctions)
+                    };
+                    assert_eq!(b.auction, auction.max(FIRST_AUCTION_ID));
+                    let last_person = c.last_person_id(i);
+                    let bidder = if (r >> 4) % 4 != 0 {
+                        last_person / 100 * 100 + 1
+                    } else {
+                        last_person.saturating_sub((r >> 16) % c.active_people)
+                    };
+                    assert_eq!(b.bidder, bidder.max(FIRST_PERSON_ID));
+                }
             }
         }
         assert_eq!(persons, 100);
