@@ -399,14 +399,14 @@ mod tests {
                     assert!(CHANNELS.contains(&b.channel));
                     // The definition the Java port of the Flink side mirrors, with plain divisions.
                     let last_auction = c.last_auction_id(i);
-                    let auction = if r % 3 != 0 {
+                    let auction = if !r.is_multiple_of(3) {
                         last_auction / 100 * 100
                     } else {
                         last_auction.saturating_sub((r >> 8) % c.active_auctions)
                     };
                     assert_eq!(b.auction, auction.max(FIRST_AUCTION_ID));
                     let last_person = c.last_person_id(i);
-                    let bidder = if (r >> 4) % 4 != 0 {
+                    let bidder = if !(r >> 4).is_multiple_of(4) {
                         last_person / 100 * 100 + 1
                     } else {
                         last_person.saturating_sub((r >> 16) % c.active_people)
