@@ -9,6 +9,11 @@
 //! bounded share of the groups each time), so no checkpoint has to rewrite the whole state.
 //!
 //! Savepoints never use this: they are always full and self-contained, and leave the chain alone.
+//!
+//! After a restore from a checkpoint the chain adopts the restored files ([`IncrementalChain::adopt`]):
+//! the first checkpoint of the new attempt then writes only what changed and references the
+//! restored checkpoint's files for the rest, as later ones do (Flink's CLAIM restore mode). A
+//! savepoint is never adopted: it belongs to the user, who may delete it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -30,14 +35,34 @@ impl Default for RebasePolicy {
     }
 }
 
+/// A file holding part of a key group's state. Adopted files are older than every file of this
+/// instance, so they sort first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ChainFile {
+    /// A file of the restored checkpoint (index into the adopted files, oldest first).
+    Adopted(usize),
+    /// The file this instance wrote for the checkpoint with this id.
+    Own(u64),
+}
+
+/// A restored key group's place in the restored checkpoint's files (indices into the adopted
+/// files, which are in age order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdoptedGroup {
+    /// The file with the group's newest image, and the image's size.
+    pub image: (usize, u64),
+    /// The files with changes after it, oldest first, and their sizes.
+    pub changes: Vec<(usize, u64)>,
+}
+
 /// What one key group's state is made of right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct GroupChain {
-    /// Checkpoint whose file holds the full image.
-    image_checkpoint: u64,
+    /// The file holding the full image.
+    image_file: ChainFile,
     image_bytes: u64,
-    /// Checkpoints whose files hold changes after the image, oldest first.
-    change_checkpoints: Vec<u64>,
+    /// Files holding changes after the image, oldest first.
+    change_files: Vec<ChainFile>,
     change_bytes: u64,
 }
 
@@ -46,7 +71,7 @@ impl GroupChain {
     /// ratio, whichever is nearer), 0 without changes.
     fn pressure(&self, policy: &RebasePolicy) -> f64 {
         let ratio = self.change_bytes as f64 / self.image_bytes.max(1) as f64;
-        let length = self.change_checkpoints.len() as f64 / policy.max_changes.max(1) as f64;
+        let length = self.change_files.len() as f64 / policy.max_changes.max(1) as f64;
         (ratio / policy.max_change_ratio).max(length)
     }
 }
@@ -83,6 +108,28 @@ impl IncrementalChain {
     pub fn reset(&mut self) {
         self.groups.clear();
         self.started = false;
+    }
+
+    /// Build on a restored checkpoint: `groups` are this instance's restored key groups and where
+    /// their image and changes are. The next checkpoint writes changes only.
+    pub fn adopt(&mut self, groups: impl IntoIterator<Item = (u32, AdoptedGroup)>) {
+        self.groups.clear();
+        for (group, adopted) in groups {
+            self.groups.insert(
+                group,
+                GroupChain {
+                    image_file: ChainFile::Adopted(adopted.image.0),
+                    image_bytes: adopted.image.1,
+                    change_files: adopted
+                        .changes
+                        .iter()
+                        .map(|(file, _)| ChainFile::Adopted(*file))
+                        .collect(),
+                    change_bytes: adopted.changes.iter().map(|(_, bytes)| bytes).sum(),
+                },
+            );
+        }
+        self.started = true;
     }
 
     /// Decide the next checkpoint: `with_state` are the groups holding state, `changed` the groups
@@ -132,24 +179,25 @@ impl IncrementalChain {
     }
 
     /// Record what checkpoint `checkpoint_id` wrote (`images` and `changes` as `(group, bytes)`;
-    /// an image of `None` means the group is now empty) and return the earlier checkpoints whose
-    /// files it still references, oldest first.
+    /// an image of `None` means the group is now empty) and return the earlier files it still
+    /// references, oldest first.
     pub fn record(
         &mut self,
         checkpoint_id: u64,
         images: &[(u32, Option<u64>)],
         changes: &[(u32, u64)],
-    ) -> Vec<u64> {
+    ) -> Vec<ChainFile> {
         self.started = true;
+        let own = ChainFile::Own(checkpoint_id);
         for (group, bytes) in images {
             match bytes {
                 Some(bytes) => {
                     self.groups.insert(
                         *group,
                         GroupChain {
-                            image_checkpoint: checkpoint_id,
+                            image_file: own,
                             image_bytes: *bytes,
-                            change_checkpoints: Vec::new(),
+                            change_files: Vec::new(),
                             change_bytes: 0,
                         },
                     );
@@ -161,13 +209,13 @@ impl IncrementalChain {
         }
         for (group, bytes) in changes {
             if let Some(chain) = self.groups.get_mut(group) {
-                chain.change_checkpoints.push(checkpoint_id);
+                chain.change_files.push(own);
                 chain.change_bytes += bytes;
             }
         }
         self.referenced()
             .into_iter()
-            .filter(|id| *id != checkpoint_id)
+            .filter(|file| *file != own)
             .collect()
     }
 
@@ -176,23 +224,21 @@ impl IncrementalChain {
         self.started
     }
 
-    /// Every checkpoint whose file the current state needs, oldest first.
-    pub fn referenced(&self) -> Vec<u64> {
-        let ids: BTreeSet<u64> = self
+    /// Every file the current state needs, oldest first.
+    pub fn referenced(&self) -> Vec<ChainFile> {
+        let files: BTreeSet<ChainFile> = self
             .groups
             .values()
-            .flat_map(|c| {
-                std::iter::once(c.image_checkpoint).chain(c.change_checkpoints.iter().copied())
-            })
+            .flat_map(|c| std::iter::once(c.image_file).chain(c.change_files.iter().copied()))
             .collect();
-        ids.into_iter().collect()
+        files.into_iter().collect()
     }
 
     /// Longest chain of any group (image + change sets): what a restore reads at most per group.
     pub fn max_chain_len(&self) -> usize {
         self.groups
             .values()
-            .map(|c| 1 + c.change_checkpoints.len())
+            .map(|c| 1 + c.change_files.len())
             .max()
             .unwrap_or(0)
     }
@@ -206,7 +252,7 @@ mod tests {
         chain: &mut IncrementalChain,
         id: u64,
         groups: &[u32],
-    ) -> (SnapshotPlan, Vec<u64>) {
+    ) -> (SnapshotPlan, Vec<ChainFile>) {
         let plan = chain.plan(groups.iter().copied(), groups.iter().copied());
         let images: Vec<(u32, Option<u64>)> =
             plan.images.iter().map(|g| (*g, Some(1000))).collect();
@@ -228,8 +274,11 @@ mod tests {
         let plan = chain.plan([0, 1, 2], [1]);
         assert_eq!(plan.changes, BTreeSet::from([1]));
         assert!(plan.images.is_empty());
-        assert_eq!(chain.record(2, &[], &[(1, 2)]), vec![1]);
-        assert_eq!(chain.referenced(), vec![1, 2]);
+        assert_eq!(chain.record(2, &[], &[(1, 2)]), vec![ChainFile::Own(1)]);
+        assert_eq!(
+            chain.referenced(),
+            vec![ChainFile::Own(1), ChainFile::Own(2)]
+        );
     }
 
     #[test]
@@ -239,7 +288,7 @@ mod tests {
         let plan = chain.plan([0, 5], [5]);
         assert_eq!(plan.images, BTreeSet::from([5]));
         chain.record(2, &[(5, Some(10)), (0, None)], &[]);
-        assert_eq!(chain.referenced(), vec![2]);
+        assert_eq!(chain.referenced(), vec![ChainFile::Own(2)]);
     }
 
     #[test]
@@ -252,7 +301,7 @@ mod tests {
         for id in 1..=200u64 {
             let (plan, base) = run_checkpoint(&mut chain, id, &groups);
             assert!(
-                base.iter().all(|b| *b < id),
+                base.iter().all(|b| *b < ChainFile::Own(id)),
                 "references only earlier files"
             );
             assert!(
@@ -290,7 +339,7 @@ mod tests {
             plan.images.contains(&0),
             "60 B of changes on a 100 B image: rebased early"
         );
-        assert_eq!(chain.record(4, &[(0, Some(100))], &[]), Vec::<u64>::new());
+        assert!(chain.record(4, &[(0, Some(100))], &[]).is_empty());
     }
 
     #[test]
@@ -314,5 +363,43 @@ mod tests {
         assert!(chain
             .record(2, &[(0, Some(10)), (1, Some(10))], &[])
             .is_empty());
+    }
+
+    #[test]
+    fn an_adopted_chain_writes_changes_and_references_the_restored_files() {
+        let mut chain = IncrementalChain::new(RebasePolicy::default());
+        chain.adopt([
+            (
+                3,
+                AdoptedGroup {
+                    image: (0, 1000),
+                    changes: vec![(2, 10)],
+                },
+            ),
+            (
+                4,
+                AdoptedGroup {
+                    image: (1, 1000),
+                    changes: vec![],
+                },
+            ),
+        ]);
+        assert!(chain.is_started());
+        let plan = chain.plan([3, 4], [4]);
+        assert!(plan.images.is_empty(), "nothing rewritten in full");
+        assert_eq!(plan.changes, BTreeSet::from([4]));
+        let base = chain.record(7, &[], &[(4, 10)]);
+        assert_eq!(
+            base,
+            vec![
+                ChainFile::Adopted(0),
+                ChainFile::Adopted(1),
+                ChainFile::Adopted(2)
+            ],
+            "adopted files first, oldest first"
+        );
+        // Rebasing both groups drops every adopted file.
+        chain.record(8, &[(3, Some(1000)), (4, Some(1000))], &[]);
+        assert_eq!(chain.referenced(), vec![ChainFile::Own(8)]);
     }
 }

@@ -7,8 +7,10 @@
 use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
+use streamjob_checkpoint::manifest::FileRef;
 
 use crate::framing;
+use crate::incremental::AdoptedGroup;
 use crate::types::{Barrier, EndOfStream, Timestamp};
 
 /// Failure inside an operator; fails the job attempt (the job restarts from the latest checkpoint).
@@ -65,9 +67,19 @@ pub struct OperatorSnapshot {
     pub keyed_changes: Vec<(u32, Vec<u8>)>,
     /// Operator (non-keyed) list state: entries are redistributed round-robin on rescale.
     pub list: Vec<Vec<u8>>,
-    /// Incremental checkpoints: earlier checkpoints (of this attempt) whose files of this operator
-    /// instance the snapshot still references, oldest first.
-    pub base: Vec<u64>,
+    /// Incremental checkpoints: earlier files of this operator instance the snapshot still
+    /// references, oldest first.
+    pub base: Vec<BaseFile>,
+}
+
+/// An earlier file an incremental snapshot references.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BaseFile {
+    /// This instance's file of an earlier checkpoint of this attempt (its upload is in the task's
+    /// ledger, or the snapshot is declined).
+    Own(u64),
+    /// A file of the checkpoint the attempt restored, already verified by the restore.
+    Adopted(FileRef),
 }
 
 impl OperatorSnapshot {
@@ -173,6 +185,19 @@ pub struct RestoredState {
     pub keyed_changes: Vec<(u32, Vec<u8>)>,
     /// This subtask's share of the list entries.
     pub list: Vec<Vec<u8>>,
+    /// Restored from a checkpoint: which of its files hold each restored key group's image and
+    /// changes, for an incremental chain to build on (`None` after a savepoint: its files are
+    /// never referenced by later checkpoints).
+    pub lineage: Option<RestoredLineage>,
+}
+
+/// Where restored key groups live in the restored checkpoint's files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestoredLineage {
+    /// The files, oldest first (a group's image comes before its changes).
+    pub files: Vec<FileRef>,
+    /// Per restored key group: indices into `files`.
+    pub groups: Vec<(u32, AdoptedGroup)>,
 }
 
 /// An output buffer is pre-sized for at most this many records (one huge batch, such as a window

@@ -4,7 +4,12 @@
 //!
 //! An incremental checkpoint lists several files per old subtask, oldest first. A key group's
 //! state is its last full image plus the changes written after it; operator list state comes from
-//! the subtask's newest file.
+//! the subtask's newest file. A subtask may list files another subtask wrote before a rescale (they
+//! hold other groups too): only the groups in the listing subtask's key-group range count. A file
+//! several subtasks list is downloaded once.
+//!
+//! Restoring a checkpoint also tells each keyed operator which files its groups came from (the
+//! lineage), so incremental checkpoints of the new attempt build on them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
@@ -13,11 +18,12 @@ use std::sync::Arc;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use streamjob_checkpoint::catalog::mark_unusable;
 use streamjob_checkpoint::layout::SnapshotLayout;
-use streamjob_checkpoint::manifest::Manifest;
+use streamjob_checkpoint::manifest::{FileRef, Manifest, SnapshotKind};
 use streamjob_checkpoint::state_file::{read_state_file, VerifyError};
 use streamjob_checkpoint::store::SnapshotStore;
 
-use crate::operator::{RestoredState, StateFileBody};
+use crate::incremental::AdoptedGroup;
+use crate::operator::{RestoredLineage, RestoredState, StateFileBody};
 
 /// Why a snapshot cannot be restored.
 #[derive(Debug, thiserror::Error)]
@@ -55,14 +61,16 @@ pub enum RestoreError {
 #[derive(Debug)]
 struct OldSubtask {
     subtask: u32,
-    files: Vec<StateFileBody>,
+    /// The key groups it owned: its files may hold others (files written before a rescale).
+    key_groups: Range<u32>,
+    files: Vec<(FileRef, Arc<StateFileBody>)>,
 }
 
 impl OldSubtask {
     fn has_keyed_state(&self) -> bool {
         self.files
             .iter()
-            .any(|f| !f.keyed.is_empty() || !f.keyed_changes.is_empty())
+            .any(|(_, f)| !f.keyed.is_empty() || !f.keyed_changes.is_empty())
     }
 }
 
@@ -70,6 +78,8 @@ impl OldSubtask {
 #[derive(Debug, Default)]
 pub struct RestoreData {
     operators: BTreeMap<String, Vec<OldSubtask>>,
+    /// A checkpoint (not a savepoint): later incremental checkpoints may reference its files.
+    adoptable: bool,
 }
 
 impl RestoreData {
@@ -110,24 +120,16 @@ impl RestoreData {
         manifest: &Manifest,
         location: &str,
     ) -> Result<Self, RestoreError> {
-        let mut jobs = Vec::new();
-        for operator in &manifest.operators {
-            for subtask in &operator.subtasks {
-                for (index, file) in subtask.files.iter().enumerate() {
-                    jobs.push((
-                        operator.operator_id.clone(),
-                        subtask.subtask,
-                        index,
-                        file.clone(),
-                    ));
-                }
-            }
+        // Each distinct file once, however many subtasks list it.
+        let mut unique: BTreeMap<&str, &FileRef> = BTreeMap::new();
+        for file in manifest.files() {
+            unique.entry(file.key.as_str()).or_insert(file);
         }
-        let mut loaded: Vec<(String, u32, usize, StateFileBody)> = stream::iter(jobs)
-            .map(|(operator, subtask, index, file)| {
+        let decoded: BTreeMap<String, Arc<StateFileBody>> = stream::iter(unique.into_values())
+            .map(|file| {
                 let store = Arc::clone(&store);
                 async move {
-                    let bytes = read_state_file(store.as_ref(), &file)
+                    let bytes = read_state_file(store.as_ref(), file)
                         .await
                         .map_err(|source| RestoreError::Verify {
                             location: location.to_string(),
@@ -139,25 +141,33 @@ impl RestoreData {
                             key: file.key.clone(),
                             reason: e.to_string(),
                         })?;
-                    Ok::<_, RestoreError>((operator, subtask, index, state))
+                    Ok::<_, RestoreError>((file.key.clone(), Arc::new(state)))
                 }
             })
             .buffer_unordered(8)
             .try_collect()
             .await?;
-        loaded.sort_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
         let mut operators: BTreeMap<String, Vec<OldSubtask>> = BTreeMap::new();
-        for (operator, subtask, _, state) in loaded {
-            let subtasks = operators.entry(operator).or_default();
-            match subtasks.last_mut() {
-                Some(last) if last.subtask == subtask => last.files.push(state),
-                _ => subtasks.push(OldSubtask {
-                    subtask,
-                    files: vec![state],
-                }),
+        for operator in &manifest.operators {
+            let subtasks = operators.entry(operator.operator_id.clone()).or_default();
+            for subtask in &operator.subtasks {
+                let files = subtask
+                    .files
+                    .iter()
+                    .filter_map(|f| Some((f.clone(), Arc::clone(decoded.get(&f.key)?))))
+                    .collect();
+                subtasks.push(OldSubtask {
+                    subtask: subtask.subtask,
+                    key_groups: subtask.key_group_start..subtask.key_group_end,
+                    files,
+                });
             }
+            subtasks.sort_by_key(|s| s.subtask);
         }
-        Ok(Self { operators })
+        Ok(Self {
+            operators,
+            adoptable: manifest.kind == SnapshotKind::Checkpoint,
+        })
     }
 
     /// Check the snapshot fits a job with these operators and key groups.
@@ -236,32 +246,44 @@ impl RestoreView {
     }
     /// This subtask's state of `operator_id`, if the snapshot has any.
     pub fn state_for(&self, operator_id: &str) -> Option<RestoredState> {
-        let old = self.data.as_ref()?.operators.get(operator_id)?;
+        let data = self.data.as_ref()?;
+        let old = data.operators.get(operator_id)?;
         let mut restored = RestoredState::default();
+        let mut lineage = LineageBuilder::default();
         let mut list_index = 0usize;
         for subtask in old {
+            // An empty range: a manifest that did not record one; its files hold only its groups.
+            let ours = |kg: &u32| {
+                self.key_groups.contains(kg)
+                    && (subtask.key_groups.is_empty() || subtask.key_groups.contains(kg))
+            };
             // Per key group: the index of the file with its newest image.
             let mut image_in: BTreeMap<u32, usize> = BTreeMap::new();
-            for (index, file) in subtask.files.iter().enumerate() {
+            for (index, (_, file)) in subtask.files.iter().enumerate() {
                 for (kg, _) in &file.keyed {
-                    if self.key_groups.contains(kg) {
+                    if ours(kg) {
                         image_in.insert(*kg, index);
                     }
                 }
             }
-            for (index, file) in subtask.files.iter().enumerate() {
+            for (index, (file_ref, file)) in subtask.files.iter().enumerate() {
                 for (kg, blob) in &file.keyed {
                     if image_in.get(kg) == Some(&index) {
                         restored.keyed.push((*kg, blob.clone()));
+                        lineage.image(*kg, file_ref, blob.len() as u64);
                     }
                 }
                 for (kg, blob) in &file.keyed_changes {
                     if image_in.get(kg).is_some_and(|image| index > *image) {
                         restored.keyed_changes.push((*kg, blob.clone()));
+                        lineage.change(*kg, file_ref, blob.len() as u64);
                     }
                 }
             }
-            let newest_list = subtask.files.last().map_or(&[][..], |f| f.list.as_slice());
+            let newest_list = subtask
+                .files
+                .last()
+                .map_or(&[][..], |(_, f)| f.list.as_slice());
             for entry in newest_list {
                 if list_index % self.parallelism.max(1) as usize == self.subtask as usize {
                     restored.list.push(entry.clone());
@@ -269,6 +291,212 @@ impl RestoreView {
                 list_index += 1;
             }
         }
+        if data.adoptable && !lineage.groups.is_empty() {
+            restored.lineage = Some(lineage.build());
+        }
         Some(restored)
+    }
+}
+
+/// Collects which files restored key groups came from.
+#[derive(Default)]
+struct LineageBuilder {
+    files: BTreeMap<String, FileRef>,
+    groups: BTreeMap<u32, GroupFiles>,
+}
+
+/// One key group's image file key and size, then its change files' keys and sizes.
+struct GroupFiles {
+    image: (String, u64),
+    changes: Vec<(String, u64)>,
+}
+
+impl LineageBuilder {
+    fn image(&mut self, kg: u32, file: &FileRef, bytes: u64) {
+        self.files.insert(file.key.clone(), file.clone());
+        let image = (file.key.clone(), bytes);
+        self.groups.insert(
+            kg,
+            GroupFiles {
+                image,
+                changes: Vec::new(),
+            },
+        );
+    }
+
+    fn change(&mut self, kg: u32, file: &FileRef, bytes: u64) {
+        self.files.insert(file.key.clone(), file.clone());
+        if let Some(group) = self.groups.get_mut(&kg) {
+            group.changes.push((file.key.clone(), bytes));
+        }
+    }
+
+    /// Files in age order: by snapshot folder (attempt, then checkpoint id), which is the order
+    /// they were written in; so a group's image comes before its changes in every later list.
+    fn build(self) -> RestoredLineage {
+        let mut files: Vec<FileRef> = self.files.into_values().collect();
+        files.sort_by_cached_key(|f| (age_of(&f.key), f.key.clone()));
+        let index: BTreeMap<&str, usize> = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.key.as_str(), i))
+            .collect();
+        let groups = self
+            .groups
+            .iter()
+            .map(|(kg, group)| {
+                (
+                    *kg,
+                    AdoptedGroup {
+                        image: (index[group.image.0.as_str()], group.image.1),
+                        changes: group
+                            .changes
+                            .iter()
+                            .map(|(key, bytes)| (index[key.as_str()], *bytes))
+                            .collect(),
+                    },
+                )
+            })
+            .collect();
+        RestoredLineage { files, groups }
+    }
+}
+
+/// (attempt, checkpoint id) of the checkpoint folder a state file is in.
+fn age_of(key: &str) -> Option<(u64, u64)> {
+    let dir = SnapshotLayout::dir_of_key(key)?;
+    SnapshotLayout::parse_dir_name(dir.kind, &dir.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use streamjob_checkpoint::file_store::FileStore;
+    use streamjob_checkpoint::manifest::{OperatorState, SubtaskState};
+    use streamjob_checkpoint::state_file::write_state_file;
+
+    async fn put(store: &dyn SnapshotStore, key: &str, body: StateFileBody) -> FileRef {
+        write_state_file(store, key, Bytes::from(body.encode()))
+            .await
+            .unwrap()
+    }
+
+    fn image(groups: &[u32], tag: u8) -> StateFileBody {
+        StateFileBody {
+            keyed: groups.iter().map(|g| (*g, vec![tag; 4])).collect(),
+            ..StateFileBody::default()
+        }
+    }
+
+    /// Attempt 1 at parallelism 1 wrote `old` (groups 0..4); attempt 2 at parallelism 2 built on
+    /// it: subtask 0 (groups 0..2) and subtask 1 (groups 2..4) both list it, then their own
+    /// changes. Restoring attempt 2's checkpoint must take from `old` only each listing subtask's
+    /// groups, download it once, and give the lineage in age order.
+    #[tokio::test]
+    async fn files_listed_by_several_subtasks_count_only_for_their_groups() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store: Arc<dyn SnapshotStore> = Arc::new(FileStore::new(tmp.path()).unwrap());
+        let old = put(
+            store.as_ref(),
+            "checkpoints/000001-0000000003/op-0.state",
+            image(&[0, 1, 2, 3], 1),
+        )
+        .await;
+        let changes = |group: u32| StateFileBody {
+            keyed_changes: vec![(group, vec![9; 2])],
+            ..StateFileBody::default()
+        };
+        let own0 = put(
+            store.as_ref(),
+            "checkpoints/000002-0000000004/op-0.state",
+            changes(1),
+        )
+        .await;
+        let own1 = put(
+            store.as_ref(),
+            "checkpoints/000002-0000000004/op-1.state",
+            changes(3),
+        )
+        .await;
+        let manifest_of = |kind| {
+            let mut m = Manifest::new(kind, 2, 4, "job");
+            m.parallelism = 2;
+            m.max_parallelism = 4;
+            m.operators = vec![OperatorState {
+                operator_id: "op".into(),
+                subtasks: vec![
+                    SubtaskState {
+                        subtask: 0,
+                        key_group_start: 0,
+                        key_group_end: 2,
+                        files: vec![old.clone(), own0.clone()],
+                    },
+                    SubtaskState {
+                        subtask: 1,
+                        key_group_start: 2,
+                        key_group_end: 4,
+                        files: vec![old.clone(), own1.clone()],
+                    },
+                ],
+            }];
+            m
+        };
+        let data = Arc::new(
+            RestoreData::load(
+                Arc::clone(&store),
+                &manifest_of(SnapshotKind::Checkpoint),
+                "cp",
+            )
+            .await
+            .unwrap(),
+        );
+        assert!(Arc::ptr_eq(
+            &data.operators["op"][0].files[0].1,
+            &data.operators["op"][1].files[0].1
+        ));
+        // One new subtask owning everything (a rescale to 1).
+        let state = RestoreView::new(Arc::clone(&data), 0, 1, 0..4)
+            .state_for("op")
+            .unwrap();
+        let mut groups: Vec<u32> = state.keyed.iter().map(|(g, _)| *g).collect();
+        groups.sort();
+        assert_eq!(groups, vec![0, 1, 2, 3], "each group's image once");
+        assert_eq!(state.keyed_changes.len(), 2);
+        let lineage = state.lineage.expect("a checkpoint is adopted");
+        let keys: Vec<&str> = lineage.files.iter().map(|f| f.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![old.key.as_str(), own0.key.as_str(), own1.key.as_str()]
+        );
+        let group = |g: u32| {
+            lineage
+                .groups
+                .iter()
+                .find(|(kg, _)| *kg == g)
+                .unwrap()
+                .1
+                .clone()
+        };
+        assert_eq!(group(0).image.0, 0);
+        assert!(group(0).changes.is_empty());
+        assert_eq!(
+            group(3).changes.iter().map(|c| c.0).collect::<Vec<_>>(),
+            vec![2]
+        );
+
+        // A savepoint's files are restored the same way but never adopted.
+        let data = Arc::new(
+            RestoreData::load(
+                Arc::clone(&store),
+                &manifest_of(SnapshotKind::Savepoint),
+                "sp",
+            )
+            .await
+            .unwrap(),
+        );
+        let state = RestoreView::new(data, 1, 2, 2..4).state_for("op").unwrap();
+        assert_eq!(state.keyed.len(), 2);
+        assert!(state.lineage.is_none());
     }
 }

@@ -13,11 +13,11 @@ use streamjob_checkpoint::manifest::SnapshotKind;
 use crate::alignment::{AlignAction, BarrierAligner};
 use crate::config::CheckpointingMode;
 use crate::control::{CoordinatorEvent, TaskControl, TaskId};
-use crate::operator::{OperatorContext, OperatorSnapshot, StateFileBody};
+use crate::operator::{BaseFile, OperatorContext, OperatorSnapshot, StateFileBody};
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::restore::RestoreView;
 use crate::types::{Barrier, EndOfStream, Message, SnapshotType, Timestamp, MIN_WATERMARK};
-use crate::upload::{OperatorUpload, UploadJob, UploadQueue};
+use crate::upload::{BaseRef, OperatorUpload, UploadJob, UploadQueue};
 use crate::watermark_alignment::{AlignmentStats, SourceAlignment};
 
 /// Why a task stopped before its input ended.
@@ -105,14 +105,21 @@ impl TaskEnv {
         };
         let mut operators = Vec::with_capacity(snapshots.len());
         let mut encoded_bytes = 0;
-        for (operator_id, snapshot) in snapshots {
+        for (operator_id, mut snapshot) in snapshots {
             let file_in =
                 |dir: &SnapshotDir| SnapshotLayout::state_file(dir, &operator_id, task.subtask);
             let mut base = Vec::with_capacity(snapshot.base.len());
-            for id in &snapshot.base {
-                match file_in(&SnapshotLayout::dir(SnapshotKind::Checkpoint, attempt, *id)) {
-                    Ok(key) => base.push(key),
-                    Err(e) => return decline(format!("invalid operator id {operator_id:?}: {e}")),
+            for file in std::mem::take(&mut snapshot.base) {
+                match file {
+                    BaseFile::Own(id) => {
+                        match file_in(&SnapshotLayout::dir(SnapshotKind::Checkpoint, attempt, id)) {
+                            Ok(key) => base.push(BaseRef::Uploaded(key)),
+                            Err(e) => {
+                                return decline(format!("invalid operator id {operator_id:?}: {e}"))
+                            }
+                        }
+                    }
+                    BaseFile::Adopted(file) => base.push(BaseRef::Adopted(file)),
                 }
             }
             let own = if snapshot.writes_nothing() {

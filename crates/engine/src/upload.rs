@@ -19,12 +19,21 @@ use tokio::sync::mpsc;
 
 use crate::control::{CoordinatorEvent, TaskAck, TaskId};
 
+/// An earlier file a snapshot references.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum BaseRef {
+    /// A file this task uploaded for an earlier checkpoint: it must be in the ledger.
+    Uploaded(String),
+    /// A file of the restored checkpoint, verified when it was restored.
+    Adopted(FileRef),
+}
+
 /// One operator's part of a snapshot upload.
 pub(crate) struct OperatorUpload {
     /// Operator id.
     pub operator_id: String,
-    /// Keys of earlier files this snapshot references, oldest first.
-    pub base: Vec<String>,
+    /// Earlier files this snapshot references, oldest first.
+    pub base: Vec<BaseRef>,
     /// This snapshot's own file, if it writes one.
     pub own: Option<(String, Bytes)>,
 }
@@ -94,7 +103,14 @@ async fn upload(
     let mut files = Vec::new();
     let mut bytes = 0;
     for op in &job.operators {
-        for key in &op.base {
+        for base in &op.base {
+            let key = match base {
+                BaseRef::Adopted(file) => {
+                    files.push((op.operator_id.clone(), file.clone()));
+                    continue;
+                }
+                BaseRef::Uploaded(key) => key,
+            };
             match ledger.get(key) {
                 Some(file) => files.push((op.operator_id.clone(), file.clone())),
                 None => {
@@ -139,7 +155,10 @@ mod tests {
             key_groups: 0..4,
             operators: vec![OperatorUpload {
                 operator_id: "op".into(),
-                base: base.iter().map(|s| s.to_string()).collect(),
+                base: base
+                    .iter()
+                    .map(|s| BaseRef::Uploaded(s.to_string()))
+                    .collect(),
                 own: own.map(|k| (k.to_string(), Bytes::from_static(b"state"))),
             }],
         }

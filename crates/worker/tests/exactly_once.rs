@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use streamjob_checkpoint::file_store::FileStore;
+use streamjob_checkpoint::layout::SnapshotLayout;
 use streamjob_checkpoint::manifest::Manifest;
 use streamjob_checkpoint::store::SnapshotStore;
 use streamjob_engine::config::{CheckpointConfig, JobConfig};
@@ -72,6 +73,33 @@ fn incremental_manifests(snap: &Path) -> usize {
                 .any(|f| !f.key.starts_with(&format!("checkpoints/{name}/")))
         })
         .count()
+}
+
+/// Checkpoints that reference files an earlier attempt wrote (the chain adopted on restore).
+fn adopting_manifests(snap: &Path) -> usize {
+    checkpoint_manifests(snap)
+        .iter()
+        .filter(|(_, m)| {
+            m.files().any(|f| {
+                SnapshotLayout::dir_of_key(&f.key)
+                    .and_then(|d| SnapshotLayout::parse_checkpoint_name(&d.name))
+                    .is_some_and(|(attempt, _)| attempt < m.attempt)
+            })
+        })
+        .count()
+}
+
+/// A fault hook that panics once, at a record count divisible by 1000, after `ready()` holds.
+fn fail_once_when(ready: impl Fn() -> bool + Send + Sync + 'static) -> Arc<dyn Fn() + Send + Sync> {
+    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = Arc::new(AtomicU64::new(0));
+    Arc::new(move || {
+        let n = seen.fetch_add(1, Ordering::Relaxed);
+        if n.is_multiple_of(1000) && !failed.load(Ordering::Relaxed) && ready() {
+            failed.store(true, Ordering::Relaxed);
+            panic!("injected failure");
+        }
+    })
 }
 
 /// Nexmark bids -> count per auction per 1 s window -> 2PC file sink; `chaos` may panic per record.
@@ -514,39 +542,20 @@ fn incremental_checkpoint_restores_at_another_parallelism() {
         let snap = tmp.path().join(format!("snap-{new_parallelism}"));
         let store: Arc<dyn SnapshotStore> = Arc::new(FileStore::new(&snap).unwrap());
         let rt = runtime();
-        // Run at parallelism 2 until several incremental checkpoints completed, then fail hard
-        // (no restarts) so the checkpoints stay as they are.
-        let attempt = Arc::new(AtomicU64::new(0));
-        let options = RunnerOptions {
+        let options = |restore_from: Option<String>| RunnerOptions {
             max_restarts: 0,
+            restore_from,
             ..RunnerOptions::default()
         };
+        // Run at parallelism 2 until several incremental checkpoints completed, then fail hard
+        // (no restarts) so the checkpoints stay as they are.
         let snap_for_chaos = snap.clone();
+        let chaos = fail_once_when(move || incremental_manifests(&snap_for_chaos) >= 3);
         let outcome = run_with_restarts(
             &incremental_config(2, 40),
-            |env| {
-                attempt.fetch_add(1, Ordering::SeqCst);
-                let snap = snap_for_chaos.clone();
-                let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-                let seen = Arc::new(AtomicU64::new(0));
-                build(
-                    env,
-                    &out,
-                    Some(100_000),
-                    Arc::new(move || {
-                        let n = seen.fetch_add(1, Ordering::Relaxed);
-                        if n.is_multiple_of(1000)
-                            && !failed.load(Ordering::Relaxed)
-                            && incremental_manifests(&snap) >= 3
-                        {
-                            failed.store(true, Ordering::Relaxed);
-                            panic!("injected failure after 3 incremental checkpoints");
-                        }
-                    }),
-                )
-            },
+            |env| build(env, &out, Some(100_000), Arc::clone(&chaos)),
             Arc::clone(&store),
-            &options,
+            &options(None),
             rt.handle(),
             |_| {},
             |_| MonitorAction::Continue,
@@ -563,8 +572,36 @@ fn incremental_checkpoint_restores_at_another_parallelism() {
             output_lines(&out).len() < expected.len(),
             "the failure came too late"
         );
-        resume_to_the_end(
+        // Restore it at the new parallelism; its incremental checkpoints build on the restored
+        // files (each new subtask lists files of old subtasks that also hold other groups). Fail
+        // again once one such checkpoint completed.
+        let snap_for_chaos = snap.clone();
+        let chaos = fail_once_when(move || adopting_manifests(&snap_for_chaos) >= 1);
+        let outcome = run_with_restarts(
             &incremental_config(new_parallelism, 40),
+            |env| build(env, &out, Some(100_000), Arc::clone(&chaos)),
+            Arc::clone(&store),
+            &options(Some(format!("checkpoints/{name}"))),
+            rt.handle(),
+            |_| {},
+            |_| MonitorAction::Continue,
+        );
+        assert!(
+            outcome.is_err(),
+            "no checkpoint of the restored attempt built on the restored files: {outcome:?}"
+        );
+        let (name, newest) = checkpoint_manifests(&snap).pop().expect("a checkpoint");
+        assert_eq!(
+            newest.parallelism, new_parallelism,
+            "the newest checkpoint {name} is the restored attempt's"
+        );
+        assert!(
+            output_lines(&out).len() < expected.len(),
+            "the second failure came too late"
+        );
+        // And restore that one at parallelism 2 again, to the end: exactly the reference output.
+        resume_to_the_end(
+            &incremental_config(2, 40),
             format!("checkpoints/{name}"),
             store,
             &out,

@@ -10,11 +10,14 @@
 use std::collections::BTreeSet;
 use std::marker::PhantomData;
 
+use streamjob_checkpoint::manifest::FileRef;
+
 use crate::framing::{write_bytes, Reader};
-use crate::incremental::{IncrementalChain, RebasePolicy};
+use crate::incremental::{ChainFile, IncrementalChain, RebasePolicy};
 use crate::keygroup::key_group_of;
 use crate::operator::{
-    OperatorContext, OperatorError, OperatorSnapshot, Output, RestoredState, StreamOperator,
+    BaseFile, OperatorContext, OperatorError, OperatorSnapshot, Output, RestoredState,
+    StreamOperator,
 };
 use crate::state::{
     KeyedStateBackend, ListState, MapState, ReducingState, StateRegistry, ValueState,
@@ -235,6 +238,8 @@ pub struct KeyedProcessOperator<K: Key, I, O, F, KF> {
     watermark: Timestamp,
     /// `Some` with incremental checkpoints.
     chain: Option<IncrementalChain>,
+    /// The restored checkpoint's files the chain builds on (`ChainFile::Adopted` indexes them).
+    adopted_files: Vec<FileRef>,
     _io: PhantomData<fn(I) -> O>,
 }
 
@@ -254,6 +259,7 @@ where
             max_parallelism: 1,
             watermark: MIN_WATERMARK,
             chain: None,
+            adopted_files: Vec::new(),
             _io: PhantomData,
         }
     }
@@ -270,8 +276,9 @@ where
         }
     }
 
-    /// Change tracking starts after a restore, so restored entries do not count as changes (the
-    /// first checkpoint after a restore writes full images anyway).
+    /// Change tracking starts after a restore, so restored entries do not count as changes (after
+    /// a checkpoint the chain builds on the restored files; after a savepoint the first checkpoint
+    /// writes full images).
     fn start_change_tracking(&mut self, ctx: &OperatorContext) {
         if self.chain.is_some() {
             if let Some(state) = self.state.as_mut() {
@@ -378,7 +385,15 @@ where
             change_sizes.push((*kg, bytes.len() as u64));
             snapshot.keyed_changes.push((*kg, bytes));
         }
-        snapshot.base = chain.record(checkpoint_id, &image_sizes, &change_sizes);
+        let adopted = &self.adopted_files;
+        snapshot.base = chain
+            .record(checkpoint_id, &image_sizes, &change_sizes)
+            .into_iter()
+            .filter_map(|file| match file {
+                ChainFile::Own(id) => Some(BaseFile::Own(id)),
+                ChainFile::Adopted(i) => adopted.get(i).cloned().map(BaseFile::Adopted),
+            })
+            .collect();
         Ok(snapshot)
     }
 
@@ -463,6 +478,17 @@ where
         if unknown > 0 {
             tracing::warn!(operator = %ctx.operator_id, unknown, "dropped state entries this job version does not declare");
         }
+        // Dropped entries are not in the restored files' view of the state: start the chain over.
+        if let (Some(chain), Some(lineage), 0) = (self.chain.as_mut(), restored.lineage, unknown) {
+            tracing::debug!(
+                operator = %ctx.operator_id,
+                files = lineage.files.len(),
+                key_groups = lineage.groups.len(),
+                "incremental checkpoints build on the restored checkpoint's files"
+            );
+            chain.adopt(lineage.groups);
+            self.adopted_files = lineage.files;
+        }
         Ok(())
     }
 
@@ -519,6 +545,7 @@ where
                 "checkpoint aborted: the next checkpoint writes full images"
             );
             chain.reset();
+            self.adopted_files.clear();
         }
     }
 
