@@ -5,6 +5,14 @@ use std::marker::PhantomData;
 use crate::operator::{OperatorError, Output, StreamOperator};
 use crate::types::Timestamp;
 
+/// Whether a batch of `I` can hold the `O`s made from it (same size and alignment): then the
+/// output is built in the input's buffer, with no allocation and no second buffer to fill.
+const fn fits_in_place<I, O>() -> bool {
+    std::mem::size_of::<I>() == std::mem::size_of::<O>()
+        && std::mem::align_of::<I>() == std::mem::align_of::<O>()
+        && std::mem::size_of::<I>() > 0
+}
+
 /// `map`: one output per input.
 pub struct Map<F, I> {
     f: F,
@@ -26,7 +34,11 @@ where
     F: FnMut(I) -> O + Send,
 {
     fn process_batch(&mut self, batch: Vec<I>, out: &mut Output<O>) -> Result<(), OperatorError> {
-        out.extend(batch.into_iter().map(&mut self.f));
+        if fits_in_place::<I, O>() && out.records.is_empty() {
+            out.records = batch.into_iter().map(&mut self.f).collect();
+        } else {
+            out.extend(batch.into_iter().map(&mut self.f));
+        }
         Ok(())
     }
 }
@@ -84,8 +96,14 @@ where
     It: IntoIterator<Item = O>,
 {
     fn process_batch(&mut self, batch: Vec<I>, out: &mut Output<O>) -> Result<(), OperatorError> {
-        for record in batch {
-            out.extend((self.f)(record));
+        if fits_in_place::<I, O>() && out.records.is_empty() {
+            // Outputs overwrite the inputs they came from, in the batch's own buffer (the
+            // standard library collects in place when the sizes allow it).
+            out.records = batch.into_iter().flat_map(&mut self.f).collect();
+        } else {
+            for record in batch {
+                out.extend((self.f)(record));
+            }
         }
         Ok(())
     }
