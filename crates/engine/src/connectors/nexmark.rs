@@ -8,9 +8,12 @@
 //! Proportions per 50 events: 1 person, 3 auctions, 46 bids. Event time advances by
 //! `inter_event_us` per event from `base_time_ms`. Bids go to recent auctions, hot ones more often.
 
-use compact_str::CompactString;
+use std::borrow::Cow;
+use std::hint::select_unpredictable;
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
+use strength_reduce::StrengthReducedU64;
 
 use crate::connectors::generator::SplitReader;
 use crate::operator::{OperatorContext, OperatorError, Output};
@@ -53,11 +56,11 @@ const FIRST_NAMES: [&str; 11] = [
 const LAST_NAMES: [&str; 9] = [
     "Shultz", "Abrams", "Spencer", "White", "Bartels", "Walton", "Smith", "Jones", "Noris",
 ];
-const CHANNELS: [CompactString; 4] = [
-    CompactString::const_new("Google"),
-    CompactString::const_new("Facebook"),
-    CompactString::const_new("Baidu"),
-    CompactString::const_new("Apple"),
+const CHANNELS: [Cow<'static, str>; 4] = [
+    Cow::Borrowed("Google"),
+    Cow::Borrowed("Facebook"),
+    Cow::Borrowed("Baidu"),
+    Cow::Borrowed("Apple"),
 ];
 
 /// A new person.
@@ -91,7 +94,9 @@ pub struct Bid {
     pub auction: u64,
     pub bidder: u64,
     pub price: u64,
-    pub channel: CompactString,
+    /// One of a fixed set when generated (borrowed: a bid is moved through the pipeline as plain
+    /// words); owned when decoded from state.
+    pub channel: Cow<'static, str>,
     pub date_time: Timestamp,
 }
 
@@ -223,6 +228,38 @@ impl NexmarkConfig {
         FIRST_AUCTION_ID + epoch * AUCTION_PROPORTION + offset
     }
 
+    /// Event number `index`. For one-off use (tests, references): a source builds one
+    /// [`NexmarkGenerator`] and asks it for every event.
+    pub fn event(&self, index: u64) -> Event {
+        NexmarkGenerator::new(*self).event(index)
+    }
+}
+
+/// Builds the events of one configuration, its divisors prepared: the "active" counts are runtime
+/// values, and a hardware division by them per bid was the generator's slowest step.
+#[derive(Debug, Clone, Copy)]
+pub struct NexmarkGenerator {
+    config: NexmarkConfig,
+    active_auctions: StrengthReducedU64,
+    active_people: StrengthReducedU64,
+}
+
+impl NexmarkGenerator {
+    /// A generator for `config`.
+    pub fn new(config: NexmarkConfig) -> Self {
+        Self {
+            config,
+            active_auctions: StrengthReducedU64::new(config.active_auctions.max(1)),
+            active_people: StrengthReducedU64::new(config.active_people.max(1)),
+        }
+    }
+
+    /// Event time of event `index`.
+    #[inline]
+    pub fn time_of(&self, index: u64) -> Timestamp {
+        self.config.time_of(index)
+    }
+
     /// Event number `index`. Small enough to inline into the source's loop: the bid (46 of 50
     /// events) is built in place; persons and auctions are built out of line.
     #[inline(always)]
@@ -240,7 +277,7 @@ impl NexmarkConfig {
 
     #[inline(never)]
     fn person(&self, index: u64, r: u64) -> Box<Person> {
-        let id = self.last_person_id(index);
+        let id = self.config.last_person_id(index);
         let first = FIRST_NAMES[(r % 11) as usize];
         let last = LAST_NAMES[((r >> 8) % 9) as usize];
         Box::new(Person {
@@ -250,23 +287,23 @@ impl NexmarkConfig {
             credit_card: credit_card(r),
             city: US_CITIES[((r >> 12) % 10) as usize].clone(),
             state: US_STATES[((r >> 24) % 6) as usize].clone(),
-            date_time: self.time_of(index),
+            date_time: self.config.time_of(index),
         })
     }
 
     #[inline(never)]
     fn auction(&self, index: u64, r: u64) -> Box<Auction> {
-        let id = self.last_auction_id(index);
-        let last_person = self.last_person_id(index);
+        let id = self.config.last_auction_id(index);
+        let last_person = self.config.last_person_id(index);
         let seller = if r.is_multiple_of(10) {
             // Hot sellers.
             (last_person / HOT_BIDDER_RATIO) * HOT_BIDDER_RATIO
         } else {
-            last_person.saturating_sub((r >> 8) % self.active_people.max(1))
+            last_person.saturating_sub((r >> 8) % self.active_people)
         }
         .max(FIRST_PERSON_ID);
         let initial_bid = 100 + (r >> 16) % 10_000;
-        let time = self.time_of(index);
+        let time = self.config.time_of(index);
         Box::new(Auction {
             id,
             item_name: item_name((r >> 24) % 100_000),
@@ -281,34 +318,36 @@ impl NexmarkConfig {
 
     #[inline(always)]
     fn bid(&self, index: u64, r: u64) -> Bid {
-        let last_auction = self.last_auction_id(index);
-        let auction = if !r.is_multiple_of(3) {
+        // Both candidates, then a select: which one a bid takes is random, and a branch on it
+        // was mispredicted for a third of the bids.
+        let last_auction = self.config.last_auction_id(index);
+        let auction = select_unpredictable(
+            !r.is_multiple_of(3),
             // Hot auctions get most bids.
-            (last_auction / HOT_AUCTION_RATIO) * HOT_AUCTION_RATIO
-        } else {
-            last_auction.saturating_sub((r >> 8) % self.active_auctions.max(1))
-        }
+            (last_auction / HOT_AUCTION_RATIO) * HOT_AUCTION_RATIO,
+            last_auction.saturating_sub((r >> 8) % self.active_auctions),
+        )
         .max(FIRST_AUCTION_ID);
-        let last_person = self.last_person_id(index);
-        let bidder = if !(r >> 4).is_multiple_of(4) {
-            (last_person / HOT_BIDDER_RATIO) * HOT_BIDDER_RATIO + 1
-        } else {
-            last_person.saturating_sub((r >> 16) % self.active_people.max(1))
-        }
+        let last_person = self.config.last_person_id(index);
+        let bidder = select_unpredictable(
+            !(r >> 4).is_multiple_of(4),
+            (last_person / HOT_BIDDER_RATIO) * HOT_BIDDER_RATIO + 1,
+            last_person.saturating_sub((r >> 16) % self.active_people),
+        )
         .max(FIRST_PERSON_ID);
         Bid {
             auction,
             bidder,
             price: 100 + (r >> 24) % 100_000,
             channel: CHANNELS[((r >> 40) % 4) as usize].clone(),
-            date_time: self.time_of(index),
+            date_time: self.config.time_of(index),
         }
     }
 }
 
 /// The Nexmark source: `events` events in total (or unbounded) in `splits` splits.
 pub struct NexmarkSource {
-    config: NexmarkConfig,
+    generator: NexmarkGenerator,
     reader: SplitReader,
 }
 
@@ -316,7 +355,7 @@ impl NexmarkSource {
     /// A source emitting `total` events (`None`: unbounded) at `rate` events/s (`None`: max speed).
     pub fn new(config: NexmarkConfig, total: Option<u64>, splits: u32, rate: Option<u64>) -> Self {
         Self {
-            config,
+            generator: NexmarkGenerator::new(config),
             reader: SplitReader::new(total, splits, rate),
         }
     }
@@ -339,10 +378,13 @@ impl SourceFunction<Event> for NexmarkSource {
         out: &mut Output<Event>,
         max_records: usize,
     ) -> Result<SourceStatus, OperatorError> {
-        let config = self.config;
-        Ok(self
-            .reader
-            .poll(out, max_records, |i| config.event(i), |i| config.time_of(i)))
+        let generator = self.generator;
+        Ok(self.reader.poll(
+            out,
+            max_records,
+            |i| generator.event(i),
+            |i| generator.time_of(i),
+        ))
     }
     fn snapshot(&mut self, _checkpoint_id: u64) -> Result<Vec<Vec<u8>>, OperatorError> {
         self.reader.snapshot()

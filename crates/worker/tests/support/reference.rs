@@ -1,15 +1,15 @@
 //! Independent references: each built-in job's expected output computed straight from the
-//! generators (`NexmarkConfig::event(i)`, `WordsConfig::line(i)`, `i % keys` / `i / keys`) with
+//! generators (`NexmarkGenerator::event(i)`, `WordsConfig::line(i)`, `i % keys` / `i / keys`) with
 //! plain collections, sharing no code with the jobs.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use streamjob_engine::connectors::nexmark::{Bid, Event, NexmarkConfig};
+use streamjob_engine::connectors::nexmark::{Bid, Event, NexmarkConfig, NexmarkGenerator};
 use streamjob_engine::connectors::words::WordsConfig;
 
 fn nexmark_events(n: u64) -> impl Iterator<Item = Event> {
-    let config = NexmarkConfig::default();
-    (0..n).map(move |i| config.event(i))
+    let generator = NexmarkGenerator::new(NexmarkConfig::default());
+    (0..n).map(move |i| generator.event(i))
 }
 
 /// q5: per sliding window, the auctions with the most bids.
