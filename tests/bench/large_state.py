@@ -76,7 +76,7 @@ spec:
             raise SystemExit(f"streamjob run failed ({proc.returncode}): {err[-2000:]}")
         rss_mib = running_peak / 1024
         s = json.loads((w / "s.json").read_text())
-        restore_s = None
+        restore_s = after_restore_uploaded = None
         if mode != "off":
             # Recovery: a second run restores the final checkpoint of the first (its sources are
             # done, so it only restores, takes one checkpoint and ends). Restore time = wall time
@@ -88,6 +88,11 @@ spec:
             wall = time.monotonic() - t0
             r = json.loads((w / "r.json").read_text())
             restore_s = wall - r["runMillis"] / 1000
+            # What the restored attempt's one checkpoint wrote: with incremental checkpoints it
+            # builds on the restored files, and nothing changed since.
+            if r["checkpoints"]:
+                first = r["checkpoints"][0]
+                after_restore_uploaded = first.get("uploadedBytes", first["sizeBytes"])
     finally:
         shutil.rmtree(w, ignore_errors=True)
     cps = s["checkpoints"] if mode != "off" else []
@@ -105,6 +110,7 @@ spec:
         "last_size": s["checkpoints"][-1]["sizeBytes"] if s["checkpoints"] else None,
         "rss_mib": rss_mib,
         "restore_s": restore_s,
+        "after_restore_uploaded": after_restore_uploaded,
     }
 
 
@@ -121,8 +127,8 @@ lines = [
     f"large-state: {a.keys:,} keys x {a.value_bytes} B values, {a.rate:,} updates/s, {a.steady_seconds} s after the fill, "
     f"p={a.parallelism}, checkpoints every 1 s to a local folder; state {state_mb:,.0f} MB (full checkpoint); medians of {a.runs}",
     "",
-    "| checkpoints | events/s | checkpoints/run | duration p50 | p99 | max | uploaded p50 | referenced p50 | peak RSS | RSS / no-checkpoint RSS | restore |",
-    "|---|---|---|---|---|---|---|---|---|---|---|",
+    "| checkpoints | events/s | checkpoints/run | duration p50 | p99 | max | uploaded p50 | referenced p50 | peak RSS | RSS / no-checkpoint RSS | restore | uploaded by the checkpoint after the restore |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
 ]
 fmt = lambda v, f: "-" if v is None else f(v)
 for mode in MODES:
@@ -132,7 +138,8 @@ for mode in MODES:
         f"| {mode} | {m('events_per_s'):,.0f} | {m('checkpoints'):.0f} | "
         f"{fmt(m('p50'), lambda v: f'{v:,.0f} ms')} | {fmt(m('p99'), lambda v: f'{v:,.0f} ms')} | {fmt(m('max'), lambda v: f'{v:,.0f} ms')} | "
         f"{fmt(m('uploaded'), lambda v: f'{v / 1e6:,.0f} MB')} | {fmt(m('referenced'), lambda v: f'{v / 1e6:,.0f} MB')} | {m('rss_mib'):,.0f} MiB | "
-        f"{m('rss_mib') / live_mib:.2f}x | {fmt(m('restore_s'), lambda v: f'{v:.1f} s')} |")
+        f"{m('rss_mib') / live_mib:.2f}x | {fmt(m('restore_s'), lambda v: f'{v:.1f} s')} | "
+        f"{fmt(m('after_restore_uploaded'), lambda v: f'{v / 1e6:,.1f} MB')} |")
 text = "\n".join(lines)
 print(text)
 if a.out:
