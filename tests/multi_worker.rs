@@ -245,6 +245,19 @@ fn killed_workers(incremental: bool) {
                 && s["lastCheckpoint"]["attempt"] == 2
         })
     });
+    // Each worker downloaded only the files with its own key groups (and the list state).
+    for (index, w) in second.iter().enumerate() {
+        let download = status(w.control).expect("status of attempt 2")["restoreDownload"].clone();
+        let (files, downloaded, skipped) = (
+            download["files"].as_u64().unwrap_or(0),
+            download["downloaded"].as_u64().unwrap_or(0),
+            download["skippedBytes"].as_u64().unwrap_or(0),
+        );
+        assert!(
+            downloaded > 0 && downloaded < files && skipped > 0,
+            "worker {index} downloaded {downloaded} of {files} files, skipping {skipped} bytes: {download}"
+        );
+    }
     second[0].child.kill().unwrap();
     let code = wait_exit(&mut second[1], Duration::from_secs(30));
     assert!(!code.success(), "worker 1 ended well after losing worker 0");

@@ -20,6 +20,7 @@ fn manifest(kind: SnapshotKind, attempt: u64, id: u64, files: &[&str]) -> Manife
                     key: (*k).into(),
                     size: 1,
                     crc32c: 0,
+                    contents: None,
                 })
                 .collect(),
         }],

@@ -58,7 +58,7 @@ pub use decide::{
 pub use file_store::FileStore;
 pub use layout::{LayoutError, SnapshotDir, SnapshotLayout};
 pub use manifest::{
-    FileRef, Manifest, ManifestError, OperatorState, SnapshotKind, SubtaskState,
+    FileContents, FileRef, Manifest, ManifestError, OperatorState, SnapshotKind, SubtaskState,
     MANIFEST_FORMAT_VERSION,
 };
 pub use memory_store::MemoryStore;

@@ -7,8 +7,17 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-/// The manifest format this crate writes and reads.
-pub const MANIFEST_FORMAT_VERSION: u32 = 1;
+/// The manifest format this crate writes. Version 2 added [`FileRef::contents`]; an older build
+/// reading it would drop the field and take the manifest for corrupt, so the version says it.
+pub const MANIFEST_FORMAT_VERSION: u32 = 2;
+
+/// The oldest manifest format this crate still reads.
+pub const OLDEST_READABLE_FORMAT_VERSION: u32 = 1;
+
+fn readable(version: u64) -> bool {
+    (u64::from(OLDEST_READABLE_FORMAT_VERSION)..=u64::from(MANIFEST_FORMAT_VERSION))
+        .contains(&version)
+}
 
 /// Errors of decoding or checking a manifest.
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +34,7 @@ pub enum ManifestError {
         actual: u32,
     },
     /// Written by a newer streamjob.
-    #[error("manifest format version {0} is not supported (this build reads version {MANIFEST_FORMAT_VERSION}); upgrade streamjob")]
+    #[error("manifest format version {0} is not supported (this build reads versions {OLDEST_READABLE_FORMAT_VERSION} to {MANIFEST_FORMAT_VERSION}); upgrade streamjob")]
     UnsupportedVersion(u64),
     /// Well-formed JSON that describes an impossible snapshot.
     #[error("manifest is invalid: {0}")]
@@ -64,6 +73,49 @@ pub struct FileRef {
     pub size: u64,
     /// CRC-32C (Castagnoli) of the content.
     pub crc32c: u32,
+    /// What the file holds, so a restore can skip the files it does not need (absent in manifests
+    /// of format 1 and for files whose content is not known: those are always downloaded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contents: Option<FileContents>,
+}
+
+/// What a state file holds: the span of key groups with keyed state in it and how many operator
+/// list-state entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileContents {
+    /// Smallest key group with state (a full image or changes) in the file.
+    pub key_group_start: u32,
+    /// One past the largest such key group (`start == end`: no keyed state).
+    pub key_group_end: u32,
+    /// Number of operator list-state entries (source offsets, pending sink commits).
+    pub list_entries: u32,
+}
+
+impl FileContents {
+    /// The span of `key_groups` (any order) and `list_entries` entries.
+    pub fn new(key_groups: impl IntoIterator<Item = u32>, list_entries: usize) -> Self {
+        let (mut start, mut end) = (u32::MAX, 0);
+        for kg in key_groups {
+            start = start.min(kg);
+            end = end.max(kg.saturating_add(1));
+        }
+        Self {
+            key_group_start: start.min(end),
+            key_group_end: end,
+            list_entries: u32::try_from(list_entries).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Whether the file holds keyed state of some group in `groups`.
+    pub fn has_key_groups_in(&self, groups: &std::ops::Range<u32>) -> bool {
+        self.key_group_start.max(groups.start) < self.key_group_end.min(groups.end)
+    }
+
+    /// Whether the file holds keyed state.
+    pub fn has_keyed_state(&self) -> bool {
+        self.key_group_start < self.key_group_end
+    }
 }
 
 /// The state of one parallel instance of an operator.
@@ -158,7 +210,7 @@ impl Manifest {
     /// Checks what JSON parsing cannot: unique operators and subtasks, key-group ranges, file keys.
     pub fn validate(&self) -> Result<(), ManifestError> {
         let invalid = |m: String| Err(ManifestError::Invalid(m));
-        if self.format_version != MANIFEST_FORMAT_VERSION {
+        if !readable(u64::from(self.format_version)) {
             return Err(ManifestError::UnsupportedVersion(u64::from(
                 self.format_version,
             )));
@@ -191,6 +243,20 @@ impl Manifest {
                     if let Err(e) = crate::store::validate_key(&file.key) {
                         return invalid(format!("operator {:?}: {e}", op.operator_id));
                     }
+                    if let Some(c) = &file.contents {
+                        if c.key_group_start > c.key_group_end
+                            || c.key_group_end > self.max_parallelism
+                        {
+                            return invalid(format!(
+                                "file {} of operator {:?} holds key groups {}..{} outside 0..{}",
+                                file.key,
+                                op.operator_id,
+                                c.key_group_start,
+                                c.key_group_end,
+                                self.max_parallelism
+                            ));
+                        }
+                    }
                 }
             }
         }
@@ -216,7 +282,7 @@ impl Manifest {
             .as_object_mut()
             .ok_or_else(|| ManifestError::Corrupt("the document is not a JSON object".into()))?;
         match map.get("formatVersion").and_then(serde_json::Value::as_u64) {
-            Some(v) if v == u64::from(MANIFEST_FORMAT_VERSION) => {}
+            Some(v) if readable(v) => {}
             Some(v) => return Err(ManifestError::UnsupportedVersion(v)),
             None => return Err(ManifestError::Corrupt("formatVersion is missing".into())),
         }
@@ -255,6 +321,8 @@ mod tests {
                         key: format!("shared/f{i}.state"),
                         size: 10 + u64::from(i),
                         crc32c: i,
+                        // One file with its contents recorded, one without (as format 1 wrote).
+                        contents: (i == 0).then(|| FileContents::new([3, 0, 63], 2)),
                     }],
                 })
                 .collect(),
@@ -275,6 +343,7 @@ mod tests {
             "\"operatorId\"",
             "\"checksum\"",
             "\"Checkpoint\"",
+            "\"listEntries\"",
         ] {
             assert!(text.contains(field), "{field} missing in {text}");
         }
@@ -307,11 +376,42 @@ mod tests {
     #[test]
     fn newer_versions_are_refused() {
         let text = String::from_utf8(sample().to_json().unwrap()).unwrap();
-        let newer = text.replace("\"formatVersion\": 1", "\"formatVersion\": 2");
-        assert!(matches!(
-            Manifest::from_json(newer.as_bytes()),
-            Err(ManifestError::UnsupportedVersion(2))
-        ));
+        let newer = text.replace("\"formatVersion\": 2", "\"formatVersion\": 3");
+        assert_ne!(text, newer);
+        let err = Manifest::from_json(newer.as_bytes()).unwrap_err();
+        assert!(matches!(err, ManifestError::UnsupportedVersion(3)), "{err}");
+        assert!(err.to_string().contains("upgrade streamjob"), "{err}");
+    }
+
+    #[test]
+    fn format_1_without_file_contents_still_reads() {
+        let mut m = sample();
+        m.format_version = 1;
+        for file in m.operators[0]
+            .subtasks
+            .iter_mut()
+            .flat_map(|s| s.files.iter_mut())
+        {
+            file.contents = None;
+        }
+        let text = String::from_utf8(m.to_json().unwrap()).unwrap();
+        assert!(!text.contains("contents"), "{text}");
+        assert_eq!(Manifest::from_json(text.as_bytes()).unwrap(), m);
+    }
+
+    #[test]
+    fn file_contents_span_and_overlap() {
+        let c = FileContents::new([7, 3, 5], 0);
+        assert_eq!((c.key_group_start, c.key_group_end), (3, 8));
+        assert!(c.has_keyed_state());
+        assert!(c.has_key_groups_in(&(7..9)) && c.has_key_groups_in(&(0..4)));
+        assert!(!c.has_key_groups_in(&(8..16)) && !c.has_key_groups_in(&(0..3)));
+        let none = FileContents::new([], 4);
+        assert!(!none.has_keyed_state() && !none.has_key_groups_in(&(0..128)));
+        #[allow(clippy::reversed_empty_ranges)]
+        let inverted = 5..3;
+        assert!(!FileContents::new(0..10, 0).has_key_groups_in(&inverted));
+        assert_eq!(none.list_entries, 4);
     }
 
     #[test]
@@ -328,5 +428,9 @@ mod tests {
         let mut m = sample();
         m.operators[0].subtasks[0].files[0].key = "../x".into();
         assert!(m.validate().is_err());
+        let mut m = sample();
+        m.operators[0].subtasks[0].files[0].contents = Some(FileContents::new([128], 0));
+        let err = m.validate().unwrap_err();
+        assert!(err.to_string().contains("outside 0..128"), "{err}");
     }
 }

@@ -58,6 +58,7 @@ pub fn file_ref(key: impl Into<String>, bytes: &[u8]) -> FileRef {
         key: key.into(),
         size: bytes.len() as u64,
         crc32c: crc32c::crc32c(bytes),
+        contents: None,
     }
 }
 

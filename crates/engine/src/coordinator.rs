@@ -734,6 +734,7 @@ mod tests {
                     key: format!("checkpoints/000001-{id:010}/op{vertex}/{subtask:04}.state"),
                     size: 10,
                     crc32c: 1,
+                    contents: None,
                 },
             )],
             bytes: 10,

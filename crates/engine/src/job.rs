@@ -18,7 +18,7 @@ use crate::coordinator::{
 };
 use crate::keygroup::key_group_range;
 use crate::operator::OperatorContext;
-use crate::restore::{RestoreData, RestoreError, RestoreView};
+use crate::restore::{DownloadSummary, RestoreData, RestoreError, RestoreScope, RestoreView};
 use crate::stream::JobGraph;
 use crate::task::{TaskEnv, TaskError, TaskMetrics};
 use crate::types::SnapshotType;
@@ -115,6 +115,7 @@ pub struct JobHandle {
     cancelled: Arc<std::sync::atomic::AtomicBool>,
     coordinator: JoinHandle<Result<AttemptEnd, CoordinatorError>>,
     tasks: Vec<JoinHandle<()>>,
+    restore_download: Option<DownloadSummary>,
 }
 
 impl JobHandle {
@@ -152,6 +153,10 @@ impl JobHandle {
             reason: "cancelled by the user".into(),
         });
     }
+    /// How much of the restored snapshot this process downloaded (`None`: nothing restored).
+    pub fn restore_download(&self) -> Option<DownloadSummary> {
+        self.restore_download
+    }
     /// Wait for the attempt to end.
     pub fn join(self) -> Result<AttemptEnd, JobError> {
         let result = self.coordinator.join().unwrap_or_else(|_| {
@@ -181,12 +186,37 @@ pub fn start(
 ) -> Result<JobHandle, JobError> {
     let config = graph.config.clone();
     let p = config.parallelism;
+    // Which subtasks run in this process: all of them, or this worker's block of a cluster.
+    let placement = match &graph.cluster {
+        Some(cluster) => Some((
+            cluster.clone(),
+            cluster.placement(p).map_err(JobError::Cluster)?,
+        )),
+        None => None,
+    };
+    // The key groups of those subtasks: a restore downloads only the files holding them.
+    let scope = match &placement {
+        Some((cluster, pl)) => {
+            let subtasks = pl.subtasks_of(cluster.worker());
+            let first = key_group_range(subtasks.start, config.max_parallelism, p);
+            let last = key_group_range(
+                subtasks.end.saturating_sub(1).max(subtasks.start),
+                config.max_parallelism,
+                p,
+            );
+            RestoreScope {
+                key_groups: first.start..last.end.max(first.start),
+            }
+        }
+        None => RestoreScope::everything(config.max_parallelism),
+    };
     let restore_data = match &spec.restore {
         Some((manifest, location)) => {
             let data = runtime.block_on(RestoreData::load(
                 Arc::clone(&spec.store),
                 manifest,
                 location,
+                scope.clone(),
             ))?;
             data.check_compatible(
                 &graph.operator_ids,
@@ -205,14 +235,6 @@ pub fn start(
         .map_or(1, |(m, _)| m.checkpoint_id + 1);
     let (events_tx, events_rx) = unbounded();
     let progress = Arc::new(Mutex::new(JobProgress::default()));
-    // Which subtasks run in this process: all of them, or this worker's block of a cluster.
-    let placement = match &graph.cluster {
-        Some(cluster) => Some((
-            cluster.clone(),
-            cluster.placement(p).map_err(JobError::Cluster)?,
-        )),
-        None => None,
-    };
     let worker_of = |subtask: u32| {
         placement
             .as_ref()
@@ -281,9 +303,10 @@ pub fn start(
                 control: control_rx,
                 events: events_tx.clone(),
                 cancelled: Arc::clone(&graph.cancelled),
-                restored: restore_data.as_ref().map_or_else(RestoreView::empty, |d| {
-                    RestoreView::new(Arc::clone(d), s as u32, p, key_groups)
-                }),
+                restored: match &restore_data {
+                    Some(d) => RestoreView::new(Arc::clone(d), s as u32, p, key_groups)?,
+                    None => RestoreView::empty(),
+                },
                 uploads: UploadQueue::start(Arc::clone(&spec.store), runtime, events_tx.clone()),
                 mode: config.checkpoints.mode,
                 batch_size: config.batch_size,
@@ -390,6 +413,7 @@ pub fn start(
         cancelled: graph.cancelled,
         coordinator,
         tasks,
+        restore_download: restore_data.as_ref().map(|d| d.summary()),
     })
 }
 

@@ -7,7 +7,7 @@
 use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
-use streamjob_checkpoint::manifest::FileRef;
+use streamjob_checkpoint::manifest::{FileContents, FileRef};
 
 use crate::framing;
 use crate::incremental::AdoptedGroup;
@@ -130,6 +130,17 @@ pub struct StateFileBody {
 const STATE_FILE_MAGIC: &[u8; 5] = b"SJSF\x02";
 
 impl StateFileBody {
+    /// What the file holds, for the manifest (a restore skips files without groups it needs).
+    pub fn contents(&self) -> FileContents {
+        FileContents::new(
+            self.keyed
+                .iter()
+                .chain(&self.keyed_changes)
+                .map(|(kg, _)| *kg),
+            self.list.len(),
+        )
+    }
+
     /// Encode with the format marker (the bincode layout of the struct, written in bulk).
     pub fn encode(&self) -> Vec<u8> {
         let blobs =

@@ -1,6 +1,12 @@
-//! Restoring a job from a snapshot: download and verify every state file of the manifest once, then
-//! give each new subtask exactly its share — the key groups it owns (whatever the old parallelism
-//! was) and a round-robin share of operator list state (source splits, pending sink commits).
+//! Restoring a job from a snapshot: download and verify the state files of the manifest this
+//! process needs, each once, then give each new subtask exactly its share — the key groups it owns
+//! (whatever the old parallelism was) and a round-robin share of operator list state (source
+//! splits, pending sink commits).
+//!
+//! A worker of a cluster runs a block of subtasks, so it owns a block of key groups (its
+//! [`RestoreScope`]). The manifest records what each file holds (its key-group span and list
+//! entries): a file that holds none of the worker's groups and no list state is not downloaded.
+//! Files whose contents the manifest does not record (format 1) are always downloaded.
 //!
 //! An incremental checkpoint lists several files per old subtask, oldest first. A key group's
 //! state is its last full image plus the changes written after it; operator list state comes from
@@ -48,6 +54,13 @@ pub enum RestoreError {
         location: String,
         operators: Vec<String>,
     },
+    /// A subtask asked for key groups outside what this process restored (a bug: report it).
+    #[error("the restore loaded key groups {scope:?}, not the {wanted:?} of subtask {subtask}; this is a bug in streamjob, please report it")]
+    OutOfScope {
+        scope: Range<u32>,
+        wanted: Range<u32>,
+        subtask: u32,
+    },
     /// The snapshot was taken with another number of key groups.
     #[error("snapshot {location} was taken with maxParallelism {snapshot}, the job has {job}; maxParallelism cannot change once a job has state")]
     MaxParallelismChanged {
@@ -57,33 +70,85 @@ pub enum RestoreError {
     },
 }
 
-/// Old subtask's state of one operator: its files in manifest order (oldest first).
+/// The key groups this process restores: all of them in local mode, a worker's block in a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreScope {
+    /// The key groups of the subtasks that run here.
+    pub key_groups: Range<u32>,
+}
+
+impl RestoreScope {
+    /// Every key group of a job with `max_parallelism` (the whole job runs in this process).
+    pub fn everything(max_parallelism: u32) -> Self {
+        Self {
+            key_groups: 0..max_parallelism,
+        }
+    }
+
+    /// Whether a restore in this scope needs `file`, listed by an old subtask that owned
+    /// `listed_by` (only those groups of the file count; `0..0`: a manifest without the range).
+    pub fn needs(&self, file: &FileRef, listed_by: &Range<u32>) -> bool {
+        let Some(contents) = &file.contents else {
+            return true; // unknown contents: download
+        };
+        if contents.list_entries > 0 {
+            return true; // list state is shared out round-robin over every old entry
+        }
+        let counted = if listed_by.is_empty() {
+            self.key_groups.clone()
+        } else {
+            self.key_groups.start.max(listed_by.start)..self.key_groups.end.min(listed_by.end)
+        };
+        contents.has_key_groups_in(&counted)
+    }
+}
+
+/// Old subtask's state of one operator: its files in manifest order (oldest first), each decoded
+/// or, when this process needs nothing in it, `None`.
 #[derive(Debug)]
 struct OldSubtask {
     subtask: u32,
     /// The key groups it owned: its files may hold others (files written before a rescale).
     key_groups: Range<u32>,
-    files: Vec<(FileRef, Arc<StateFileBody>)>,
+    files: Vec<(FileRef, Option<Arc<StateFileBody>>)>,
 }
 
 impl OldSubtask {
     fn has_keyed_state(&self) -> bool {
-        self.files
-            .iter()
-            .any(|(_, f)| !f.keyed.is_empty() || !f.keyed_changes.is_empty())
+        self.files.iter().any(|(file, body)| match body {
+            Some(f) => !f.keyed.is_empty() || !f.keyed_changes.is_empty(),
+            None => file.contents.is_some_and(|c| c.has_keyed_state()),
+        })
     }
 }
 
+/// How much of a snapshot a restore downloaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DownloadSummary {
+    /// Distinct files the manifest lists.
+    pub files: usize,
+    /// Of those, downloaded and verified.
+    pub downloaded: usize,
+    /// Bytes downloaded.
+    pub downloaded_bytes: u64,
+    /// Bytes of the files not needed here (other workers' key groups).
+    pub skipped_bytes: u64,
+}
+
 /// The decoded state of a snapshot, shared by all tasks of the new attempt.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RestoreData {
     operators: BTreeMap<String, Vec<OldSubtask>>,
     /// A checkpoint (not a savepoint): later incremental checkpoints may reference its files.
     adoptable: bool,
+    scope: RestoreScope,
+    summary: DownloadSummary,
 }
 
 impl RestoreData {
-    /// Download, verify (size + CRC-32C) and decode every state file of `manifest`.
+    /// Download, verify (size + CRC-32C) and decode the state files of `manifest` that `scope`
+    /// needs.
     ///
     /// A file that is missing or fails its checksum marks the whole snapshot unusable in storage
     /// (see [`mark_unusable`]) before the error is returned: the attempt fails, and the next one —
@@ -92,8 +157,9 @@ impl RestoreData {
         store: Arc<dyn SnapshotStore>,
         manifest: &Manifest,
         location: &str,
+        scope: RestoreScope,
     ) -> Result<Self, RestoreError> {
-        let result = Self::download(Arc::clone(&store), manifest, location).await;
+        let result = Self::download(Arc::clone(&store), manifest, location, scope).await;
         if let Err(RestoreError::Verify { source, .. }) = &result {
             if !source.is_transient() {
                 let dir =
@@ -119,13 +185,34 @@ impl RestoreData {
         store: Arc<dyn SnapshotStore>,
         manifest: &Manifest,
         location: &str,
+        scope: RestoreScope,
     ) -> Result<Self, RestoreError> {
-        // Each distinct file once, however many subtasks list it.
-        let mut unique: BTreeMap<&str, &FileRef> = BTreeMap::new();
-        for file in manifest.files() {
-            unique.entry(file.key.as_str()).or_insert(file);
+        // Each distinct file once, however many subtasks list it; needed if any listing needs it.
+        let mut unique: BTreeMap<&str, (&FileRef, bool)> = BTreeMap::new();
+        for subtask in manifest.operators.iter().flat_map(|o| &o.subtasks) {
+            let listed_by = subtask.key_group_start..subtask.key_group_end;
+            for file in &subtask.files {
+                let needed = scope.needs(file, &listed_by);
+                let entry = unique.entry(file.key.as_str()).or_insert((file, false));
+                entry.1 |= needed;
+            }
         }
-        let decoded: BTreeMap<String, Arc<StateFileBody>> = stream::iter(unique.into_values())
+        let mut summary = DownloadSummary {
+            files: unique.len(),
+            ..DownloadSummary::default()
+        };
+        for (file, needed) in unique.values() {
+            if *needed {
+                summary.downloaded += 1;
+                summary.downloaded_bytes += file.size;
+            } else {
+                summary.skipped_bytes += file.size;
+            }
+        }
+        let needed = unique
+            .into_values()
+            .filter_map(|(file, needed)| needed.then_some(file));
+        let decoded: BTreeMap<String, Arc<StateFileBody>> = stream::iter(needed)
             .map(|file| {
                 let store = Arc::clone(&store);
                 async move {
@@ -154,7 +241,7 @@ impl RestoreData {
                 let files = subtask
                     .files
                     .iter()
-                    .filter_map(|f| Some((f.clone(), Arc::clone(decoded.get(&f.key)?))))
+                    .map(|f| (f.clone(), decoded.get(&f.key).map(Arc::clone)))
                     .collect();
                 subtasks.push(OldSubtask {
                     subtask: subtask.subtask,
@@ -164,10 +251,26 @@ impl RestoreData {
             }
             subtasks.sort_by_key(|s| s.subtask);
         }
+        tracing::info!(
+            snapshot = location,
+            key_groups = ?scope.key_groups,
+            files = summary.files,
+            downloaded = summary.downloaded,
+            downloaded_bytes = summary.downloaded_bytes,
+            skipped_bytes = summary.skipped_bytes,
+            "restore downloaded the state files this process needs"
+        );
         Ok(Self {
             operators,
             adoptable: manifest.kind == SnapshotKind::Checkpoint,
+            scope,
+            summary,
         })
+    }
+
+    /// How much of the snapshot was downloaded.
+    pub fn summary(&self) -> DownloadSummary {
+        self.summary
     }
 
     /// Check the snapshot fits a job with these operators and key groups.
@@ -226,19 +329,29 @@ impl RestoreView {
     pub fn empty() -> Self {
         Self::default()
     }
-    /// The share of `data` for `subtask` of `parallelism` owning `key_groups`.
+    /// The share of `data` for `subtask` of `parallelism` owning `key_groups`, which must lie in
+    /// the scope `data` was loaded for.
     pub fn new(
         data: Arc<RestoreData>,
         subtask: u32,
         parallelism: u32,
         key_groups: Range<u32>,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, RestoreError> {
+        let scope = &data.scope.key_groups;
+        if !key_groups.is_empty() && (key_groups.start < scope.start || key_groups.end > scope.end)
+        {
+            return Err(RestoreError::OutOfScope {
+                scope: scope.clone(),
+                wanted: key_groups,
+                subtask,
+            });
+        }
+        Ok(Self {
             data: Some(data),
             subtask,
             parallelism,
             key_groups,
-        }
+        })
     }
     /// True when the job restored a snapshot.
     pub fn is_restoring(&self) -> bool {
@@ -257,16 +370,23 @@ impl RestoreView {
                 self.key_groups.contains(kg)
                     && (subtask.key_groups.is_empty() || subtask.key_groups.contains(kg))
             };
+            // Files not downloaded hold none of this process's groups (`RestoreScope::needs`)
+            // and no list state; this subtask's groups are in the scope (`RestoreView::new`).
+            let downloaded = subtask
+                .files
+                .iter()
+                .enumerate()
+                .filter_map(|(index, (file_ref, body))| Some((index, file_ref, body.as_deref()?)));
             // Per key group: the index of the file with its newest image.
             let mut image_in: BTreeMap<u32, usize> = BTreeMap::new();
-            for (index, (_, file)) in subtask.files.iter().enumerate() {
+            for (index, _, file) in downloaded.clone() {
                 for (kg, _) in &file.keyed {
                     if ours(kg) {
                         image_in.insert(*kg, index);
                     }
                 }
             }
-            for (index, (file_ref, file)) in subtask.files.iter().enumerate() {
+            for (index, file_ref, file) in downloaded {
                 for (kg, blob) in &file.keyed {
                     if image_in.get(kg) == Some(&index) {
                         restored.keyed.push((*kg, blob.clone()));
@@ -280,10 +400,12 @@ impl RestoreView {
                     }
                 }
             }
+            // The newest file, never an older one in its place: a file not downloaded has no list.
             let newest_list = subtask
                 .files
                 .last()
-                .map_or(&[][..], |(_, f)| f.list.as_slice());
+                .and_then(|(_, f)| f.as_deref())
+                .map_or(&[][..], |f| f.list.as_slice());
             for entry in newest_list {
                 if list_index % self.parallelism.max(1) as usize == self.subtask as usize {
                     restored.list.push(entry.clone());
@@ -447,16 +569,19 @@ mod tests {
                 Arc::clone(&store),
                 &manifest_of(SnapshotKind::Checkpoint),
                 "cp",
+                RestoreScope::everything(4),
             )
             .await
             .unwrap(),
         );
         assert!(Arc::ptr_eq(
-            &data.operators["op"][0].files[0].1,
-            &data.operators["op"][1].files[0].1
+            data.operators["op"][0].files[0].1.as_ref().unwrap(),
+            data.operators["op"][1].files[0].1.as_ref().unwrap()
         ));
+        assert_eq!(data.summary().downloaded, 3, "each distinct file once");
         // One new subtask owning everything (a rescale to 1).
         let state = RestoreView::new(Arc::clone(&data), 0, 1, 0..4)
+            .unwrap()
             .state_for("op")
             .unwrap();
         let mut groups: Vec<u32> = state.keyed.iter().map(|(g, _)| *g).collect();
@@ -491,12 +616,150 @@ mod tests {
                 Arc::clone(&store),
                 &manifest_of(SnapshotKind::Savepoint),
                 "sp",
+                RestoreScope::everything(4),
             )
             .await
             .unwrap(),
         );
-        let state = RestoreView::new(data, 1, 2, 2..4).state_for("op").unwrap();
+        let state = RestoreView::new(data, 1, 2, 2..4)
+            .unwrap()
+            .state_for("op")
+            .unwrap();
         assert_eq!(state.keyed.len(), 2);
         assert!(state.lineage.is_none());
+    }
+
+    /// Two old subtasks (groups 0..2 and 2..4), each with an image file; a source's list state in
+    /// a file of its own. A worker restoring groups 2..4 downloads its image and the list file
+    /// only (the other image is deleted from storage to prove it is never read), gets the same
+    /// state as a restore of everything, and the whole list state to share out.
+    #[tokio::test]
+    async fn a_worker_downloads_only_the_files_with_its_key_groups_or_list_state() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store: Arc<dyn SnapshotStore> = Arc::new(FileStore::new(tmp.path()).unwrap());
+        let with_contents = |mut file: FileRef, body: &StateFileBody| {
+            file.contents = Some(body.contents());
+            file
+        };
+        let mut files = Vec::new();
+        for (key, body) in [
+            (
+                "checkpoints/000001-0000000002/op/0000.state",
+                image(&[0, 1], 1),
+            ),
+            (
+                "checkpoints/000001-0000000002/op/0001.state",
+                image(&[2, 3], 2),
+            ),
+            (
+                "checkpoints/000001-0000000002/src/0000.state",
+                StateFileBody {
+                    list: vec![b"split-0".to_vec(), b"split-1".to_vec()],
+                    ..StateFileBody::default()
+                },
+            ),
+        ] {
+            files.push(with_contents(
+                put(store.as_ref(), key, body.clone()).await,
+                &body,
+            ));
+        }
+        let subtask = |i: u32, range: Range<u32>, files: Vec<FileRef>| SubtaskState {
+            subtask: i,
+            key_group_start: range.start,
+            key_group_end: range.end,
+            files,
+        };
+        let mut manifest = Manifest::new(SnapshotKind::Checkpoint, 1, 2, "job");
+        manifest.parallelism = 2;
+        manifest.max_parallelism = 4;
+        manifest.operators = vec![
+            OperatorState {
+                operator_id: "op".into(),
+                subtasks: vec![
+                    subtask(0, 0..2, vec![files[0].clone()]),
+                    subtask(1, 2..4, vec![files[1].clone()]),
+                ],
+            },
+            OperatorState {
+                operator_id: "src".into(),
+                subtasks: vec![subtask(0, 0..0, vec![files[2].clone()])],
+            },
+        ];
+        let everything = Arc::new(
+            RestoreData::load(
+                Arc::clone(&store),
+                &manifest,
+                "cp",
+                RestoreScope::everything(4),
+            )
+            .await
+            .unwrap(),
+        );
+        assert_eq!(everything.summary().downloaded, 3);
+        let want = RestoreView::new(Arc::clone(&everything), 1, 2, 2..4)
+            .unwrap()
+            .state_for("op")
+            .unwrap();
+
+        store.delete(&[files[0].key.clone()]).await.unwrap();
+        let worker = Arc::new(
+            RestoreData::load(
+                Arc::clone(&store),
+                &manifest,
+                "cp",
+                RestoreScope { key_groups: 2..4 },
+            )
+            .await
+            .expect("the deleted file holds no group of this worker"),
+        );
+        let summary = worker.summary();
+        assert_eq!((summary.files, summary.downloaded), (3, 2), "{summary:?}");
+        assert_eq!(summary.skipped_bytes, files[0].size);
+        let got = RestoreView::new(Arc::clone(&worker), 1, 2, 2..4)
+            .unwrap()
+            .state_for("op")
+            .unwrap();
+        assert_eq!(got.keyed, want.keyed);
+        assert_eq!(
+            got.lineage.map(|l| l.files),
+            want.lineage.map(|l| l.files),
+            "adopts the same files"
+        );
+        let lists: Vec<Vec<u8>> = (0..2)
+            .flat_map(|s| {
+                RestoreView::new(Arc::clone(&worker), s, 2, 2..4)
+                    .unwrap()
+                    .state_for("src")
+                    .unwrap()
+                    .list
+            })
+            .collect();
+        assert_eq!(lists, vec![b"split-0".to_vec(), b"split-1".to_vec()]);
+        // A subtask outside the scope is refused, not given a silently partial state.
+        let err = RestoreView::new(worker, 0, 2, 0..2)
+            .err()
+            .expect("out of scope");
+        assert!(matches!(err, RestoreError::OutOfScope { .. }), "{err}");
+
+        // Without recorded contents (manifest format 1) every file is needed: the restore fails
+        // on the deleted one instead of guessing.
+        for file in manifest
+            .operators
+            .iter_mut()
+            .flat_map(|o| o.subtasks.iter_mut())
+            .flat_map(|s| s.files.iter_mut())
+        {
+            file.contents = None;
+        }
+        let err = RestoreData::load(
+            Arc::clone(&store),
+            &manifest,
+            "cp",
+            RestoreScope { key_groups: 2..4 },
+        )
+        .await
+        .expect_err("a file it needs is missing");
+        assert!(matches!(err, RestoreError::Verify { .. }), "{err}");
     }
 }

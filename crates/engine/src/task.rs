@@ -130,13 +130,14 @@ impl TaskEnv {
                     keyed_changes: snapshot.keyed_changes,
                     list: snapshot.list,
                 };
+                let contents = body.contents();
                 let bytes = body.encode();
                 let key = match file_in(&dir) {
                     Ok(key) => key,
                     Err(e) => return decline(format!("invalid operator id {operator_id:?}: {e}")),
                 };
                 encoded_bytes += bytes.len();
-                Some((key, Bytes::from(bytes)))
+                Some((key, Bytes::from(bytes), contents))
             };
             operators.push(OperatorUpload {
                 operator_id,

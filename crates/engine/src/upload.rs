@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use crossbeam_channel::Sender;
-use streamjob_checkpoint::manifest::FileRef;
+use streamjob_checkpoint::manifest::{FileContents, FileRef};
 use streamjob_checkpoint::state_file::write_state_file;
 use streamjob_checkpoint::store::SnapshotStore;
 use tokio::sync::mpsc;
@@ -34,8 +34,8 @@ pub(crate) struct OperatorUpload {
     pub operator_id: String,
     /// Earlier files this snapshot references, oldest first.
     pub base: Vec<BaseRef>,
-    /// This snapshot's own file, if it writes one.
-    pub own: Option<(String, Bytes)>,
+    /// This snapshot's own file, if it writes one: key, bytes, and what it holds.
+    pub own: Option<(String, Bytes, FileContents)>,
 }
 
 /// A whole task snapshot to upload and acknowledge.
@@ -121,11 +121,12 @@ async fn upload(
                 }
             }
         }
-        if let Some((key, body)) = &op.own {
+        if let Some((key, body, contents)) = &op.own {
             bytes += body.len() as u64;
-            let file = write_state_file(store, key, body.clone())
+            let mut file = write_state_file(store, key, body.clone())
                 .await
                 .map_err(|e| format!("failed to upload {key}: {e}"))?;
+            file.contents = Some(*contents);
             if job.is_checkpoint {
                 ledger.insert(key.clone(), file.clone());
             }
@@ -159,7 +160,13 @@ mod tests {
                     .iter()
                     .map(|s| BaseRef::Uploaded(s.to_string()))
                     .collect(),
-                own: own.map(|k| (k.to_string(), Bytes::from_static(b"state"))),
+                own: own.map(|k| {
+                    (
+                        k.to_string(),
+                        Bytes::from_static(b"state"),
+                        FileContents::new([0, 3], 0),
+                    )
+                }),
             }],
         }
     }
@@ -172,6 +179,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((files.len(), bytes), (1, 5));
+        assert_eq!(
+            files[0].1.contents,
+            Some(FileContents::new([0, 3], 0)),
+            "the manifest learns what the file holds"
+        );
         let (files, _) = upload(
             &store,
             &mut ledger,

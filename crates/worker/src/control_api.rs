@@ -18,6 +18,7 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use streamjob_engine::coordinator::CompletedSnapshot;
 use streamjob_engine::job::JobController;
+use streamjob_engine::restore::DownloadSummary;
 use streamjob_engine::types::SnapshotType;
 use streamjob_engine::watermark_alignment::AlignmentSummary;
 
@@ -90,6 +91,8 @@ pub struct StatusReport {
     pub state: RunState,
     /// Snapshot restored by this attempt.
     pub restored_from: Option<String>,
+    /// How much of it this worker downloaded (a worker needs only its key groups' files).
+    pub restore_download: Option<DownloadSummary>,
     /// Newest completed checkpoint.
     pub last_checkpoint: Option<SnapshotReport>,
     /// Newest completed savepoint.
@@ -112,6 +115,8 @@ pub struct ControlState {
     pub worker: (u32, u32),
     /// Restored snapshot.
     pub restored_from: Mutex<Option<String>>,
+    /// How much of the restored snapshot this worker downloaded.
+    pub restore_download: Mutex<Option<DownloadSummary>>,
     /// Token for mutating calls (`None`: mutating calls are refused).
     pub token: Option<String>,
     /// How long a snapshot request may take before the call gives up.
@@ -142,6 +147,7 @@ impl ControlState {
             workers: self.worker.1,
             state: self.state.lock().map(|s| *s).unwrap_or(RunState::Failed),
             restored_from: self.restored_from.lock().ok().and_then(|r| r.clone()),
+            restore_download: self.restore_download.lock().ok().and_then(|r| *r),
             last_checkpoint: progress
                 .as_ref()
                 .and_then(|p| p.last_checkpoint.as_ref().map(SnapshotReport::from)),
@@ -317,6 +323,18 @@ async fn metrics(State(state): State<Arc<ControlState>>) -> Response {
         status.alignment.max_drift_ms,
     );
     gauge("job_attempt", "Job attempt number", status.attempt as i64);
+    if let Some(d) = &status.restore_download {
+        gauge(
+            "restore_downloaded_bytes",
+            "Bytes of state files this worker downloaded to restore the attempt",
+            d.downloaded_bytes as i64,
+        );
+        gauge(
+            "restore_skipped_bytes",
+            "Bytes of state files of the restored snapshot this worker did not need (other workers' key groups)",
+            d.skipped_bytes as i64,
+        );
+    }
     if let Some(c) = &status.last_checkpoint {
         gauge(
             "checkpoint_last_duration_milliseconds",

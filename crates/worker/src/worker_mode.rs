@@ -124,6 +124,7 @@ pub fn run_worker(options: WorkerOptions) -> Result<WorkerExit, WorkerError> {
         attempt: AtomicU64::new(options.attempt.unwrap_or(0)),
         worker: (worker, workers),
         restored_from: Mutex::new(None),
+        restore_download: Mutex::new(None),
         token: options.token.clone(),
         snapshot_timeout: prepared.config.checkpoints.timeout + Duration::from_secs(5),
         controller: Mutex::new(None),
@@ -216,6 +217,9 @@ pub fn run_worker(options: WorkerOptions) -> Result<WorkerExit, WorkerError> {
         allow_non_restored_state: prepared.runner.allow_non_restored_state,
     };
     let handle = job::start(env.into_graph(), spec, runtime.handle())?;
+    if let Ok(mut d) = state.restore_download.lock() {
+        *d = handle.restore_download();
+    }
     if let Ok(mut c) = state.controller.lock() {
         *c = Some(handle.controller());
     }
