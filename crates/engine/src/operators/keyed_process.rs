@@ -19,6 +19,7 @@ use crate::operator::{
     BaseFile, OperatorContext, OperatorError, OperatorSnapshot, Output, RestoredState,
     StreamOperator,
 };
+use crate::operators::timer_queue::TimerQueue;
 use crate::state::{
     KeyedStateBackend, ListState, MapState, ReducingState, StateRegistry, ValueState,
 };
@@ -44,9 +45,9 @@ pub trait KeyedProcessFunction<K: Key, I, O>: Send + 'static {
     }
 }
 
-/// Pending event-time timers, ordered by time (then key group and key, for determinism).
-struct Timers<K: Ord> {
-    queue: BTreeSet<(Timestamp, u32, K)>,
+/// Pending event-time timers, popped by time (then key group and key, for determinism).
+struct Timers<K> {
+    queue: TimerQueue<K>,
     /// Incremental checkpoints: timer registrations (`true`) and removals since the last snapshot,
     /// per key group offset (empty unless change tracking is on).
     log: Vec<Vec<TimerChange<K>>>,
@@ -56,10 +57,10 @@ struct Timers<K: Ord> {
 /// A timer registered (`true`) or removed, at a time, for a key.
 type TimerChange<K> = (bool, Timestamp, K);
 
-impl<K: Ord> Default for Timers<K> {
+impl<K> Default for Timers<K> {
     fn default() -> Self {
         Self {
-            queue: BTreeSet::new(),
+            queue: TimerQueue::default(),
             log: Vec::new(),
             first_group: 0,
         }
@@ -78,12 +79,12 @@ impl<K: Key> Timers<K> {
         }
     }
     fn insert(&mut self, ts: Timestamp, key_group: u32, key: &K) {
-        if self.queue.insert((ts, key_group, key.clone())) {
+        if self.queue.insert(ts, key_group, key.clone()) {
             self.record(true, ts, key_group, key);
         }
     }
     fn remove(&mut self, ts: Timestamp, key_group: u32, key: &K) {
-        if self.queue.remove(&(ts, key_group, key.clone())) {
+        if self.queue.remove(ts, key_group, key) {
             self.record(false, ts, key_group, key);
         }
     }
@@ -92,17 +93,20 @@ impl<K: Key> Timers<K> {
         self.record(false, first.0, first.1, &first.2);
         Some(first)
     }
-    /// The pending timers of the groups `wanted` selects, per group, in queue order.
+    /// The pending timers of the groups `wanted` selects, per group, ordered by (time, key).
     fn by_group(
         &self,
         wanted: impl Fn(u32) -> bool,
     ) -> std::collections::BTreeMap<u32, Vec<(Timestamp, K)>> {
         let mut by_group: std::collections::BTreeMap<u32, Vec<(Timestamp, K)>> =
             std::collections::BTreeMap::new();
-        for (ts, kg, key) in &self.queue {
-            if wanted(*kg) {
-                by_group.entry(*kg).or_default().push((*ts, key.clone()));
+        for (ts, kg, key) in self.queue.iter() {
+            if wanted(kg) {
+                by_group.entry(kg).or_default().push((ts, key.clone()));
             }
+        }
+        for timers in by_group.values_mut() {
+            timers.sort_unstable();
         }
         by_group
     }
@@ -351,7 +355,7 @@ where
         let mut holding: BTreeSet<u32> = BTreeSet::new();
         if !chain.is_started() {
             holding.extend(state.groups_with_state());
-            holding.extend(self.timers.queue.iter().map(|(_, kg, _)| *kg));
+            holding.extend(self.timers.queue.iter().map(|(_, kg, _)| kg));
         }
         let mut changed: BTreeSet<u32> = state.changed_groups().collect();
         changed.extend(self.timers.changed_groups());
@@ -403,8 +407,8 @@ where
         out: &mut Output<O>,
     ) -> Result<(), OperatorError> {
         let state = self.state.as_mut().expect("operator opened before input");
-        while let Some(first) = self.timers.queue.first() {
-            if first.0 > watermark {
+        while let Some(first) = self.timers.queue.first_time() {
+            if first > watermark {
                 break;
             }
             let (ts, key_group, key) = self.timers.pop_first().expect("non-empty");
@@ -448,7 +452,7 @@ where
                     reason: format!("key group {key_group}: {e}"),
                 })?;
             for (ts, key) in timers {
-                self.timers.queue.insert((ts, key_group, key));
+                self.timers.queue.insert(ts, key_group, key);
             }
             if !state_bytes.is_empty() {
                 state_groups.push((key_group, state_bytes));
@@ -465,9 +469,9 @@ where
                 })?;
             for (added, ts, key) in timer_changes {
                 if added {
-                    self.timers.queue.insert((ts, key_group, key));
+                    self.timers.queue.insert(ts, key_group, key);
                 } else {
-                    self.timers.queue.remove(&(ts, key_group, key));
+                    self.timers.queue.remove(ts, key_group, &key);
                 }
             }
             if !changes.is_empty() {

@@ -3,4 +3,5 @@
 pub mod basic;
 pub mod keyed_process;
 pub mod local_window;
+pub(crate) mod timer_queue;
 pub mod window;
