@@ -107,6 +107,9 @@ pub struct WindowAggregate<K, I, O, A: AggregateFunction<I, O>, TF> {
     timestamp_of: TF,
     windows: Option<MapState<Timestamp, A::Acc>>,
     starts: Vec<Timestamp>,
+    /// Window ends (max timestamps) of windows a record opened: their timers, registered after
+    /// the record is folded into every window.
+    opened: Vec<Timestamp>,
     late_records: u64,
     _k: PhantomData<fn(K, I) -> O>,
 }
@@ -120,6 +123,7 @@ impl<K, I, O, A: AggregateFunction<I, O>, TF> WindowAggregate<K, I, O, A, TF> {
             timestamp_of,
             windows: None,
             starts: Vec::new(),
+            opened: Vec::new(),
             late_records: 0,
             _k: PhantomData,
         }
@@ -149,22 +153,27 @@ where
         self.assigner.window_starts(ts, &mut self.starts);
         let size = self.assigner.size();
         let watermark = ctx.current_watermark();
-        for &start in &self.starts {
-            let max_ts = start + size - 1;
-            if max_ts <= watermark {
-                self.late_records += 1;
-                continue;
-            }
-            let map = ctx.map_mut(windows);
-            let acc = match map.get_mut(&start) {
-                Some(acc) => acc,
-                None => {
-                    map.insert(start, self.aggregate.create_accumulator());
-                    ctx.register_event_time_timer(max_ts);
-                    ctx.map_mut(windows).get_mut(&start).expect("just inserted")
-                }
-            };
+        // Windows whose end the watermark passed are late; `starts` is oldest first.
+        let late = self
+            .starts
+            .iter()
+            .take_while(|start| *start + size - 1 <= watermark)
+            .count();
+        self.late_records += late as u64;
+        if late == self.starts.len() {
+            return Ok(());
+        }
+        // One look-up of the key's windows for all the windows the record falls in.
+        let map = ctx.map_mut(windows);
+        for &start in &self.starts[late..] {
+            let acc = map.entry(start).or_insert_with(|| {
+                self.opened.push(start + size - 1);
+                self.aggregate.create_accumulator()
+            });
             self.aggregate.add(acc, &record);
+        }
+        for max_ts in self.opened.drain(..) {
+            ctx.register_event_time_timer(max_ts);
         }
         Ok(())
     }
