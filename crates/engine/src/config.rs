@@ -128,8 +128,10 @@ impl CheckpointConfig {
 /// source do not pile up in state. It never changes results, only when records are read.
 ///
 /// Within one process the minimum is exact (shared atomics); across worker processes each worker
-/// reports its subtasks' watermarks every `update_interval` over the control link, so a subtask may
-/// see the others up to one interval late (the same staleness as Flink's `updateInterval`). A
+/// reports its subtasks' watermarks over the control link every `update_interval` (Flink's
+/// `updateInterval`) and, sooner, whenever a watermark moved a quarter of `max_drift`: in real time
+/// a subtask may see the others up to one interval late, and a catch-up (event time far ahead of
+/// wall time) is not paced to one drift per interval. A
 /// finished (bounded) source counts as `+inf` and never holds the others back. A source that never
 /// emits watermarks would hold its group back forever: align only event-time sources.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::WatermarkAlignment;
 use crate::control::TaskId;
@@ -91,9 +91,20 @@ impl AlignmentHub {
         self.groups.is_empty()
     }
 
-    /// How often slots travel between worker processes (the smallest interval of any group).
+    /// How often slots travel between worker processes at the least (the smallest interval of
+    /// any group).
     pub fn update_interval(&self) -> Option<Duration> {
         self.update_interval
+    }
+
+    /// A report also goes out as soon as a watermark moved this far (event-time ms): a quarter of
+    /// the smallest drift of any group.
+    pub fn report_step_ms(&self) -> i64 {
+        self.groups
+            .iter()
+            .map(|g| g.max_drift_ms)
+            .min()
+            .map_or(i64::MAX, |drift| (drift / 4).max(1))
     }
 
     /// The handle of source subtask `task`, when it is aligned.
@@ -129,6 +140,52 @@ impl AlignmentHub {
                 }
             }
         }
+    }
+}
+
+/// When a worker sends its watermark table to the others: at least every `interval` (a
+/// heartbeat), and as soon as some watermark moved by `step_ms` since the last report. In real time
+/// watermarks move slowly and the heartbeat carries them; when event time runs far ahead of wall
+/// time (a catch-up, a replay, a generator) a fixed interval alone would let the sources advance
+/// only one drift per interval, whatever the machine can do.
+#[derive(Debug)]
+pub struct ReportPacer {
+    interval: Duration,
+    step_ms: i64,
+    last: Option<(Instant, Vec<(TaskId, Timestamp)>)>,
+}
+
+impl ReportPacer {
+    /// Heartbeat every `interval`; early reports once a watermark moved `step_ms`.
+    pub fn new(interval: Duration, step_ms: i64) -> Self {
+        Self {
+            interval,
+            step_ms: step_ms.max(1),
+            last: None,
+        }
+    }
+
+    /// The table to send at `now`, if it is due (then it counts as sent).
+    pub fn due(
+        &mut self,
+        table: Vec<(TaskId, Timestamp)>,
+        now: Instant,
+    ) -> Option<Vec<(TaskId, Timestamp)>> {
+        let due = match &self.last {
+            None => true,
+            Some((at, sent)) => {
+                now.saturating_duration_since(*at) >= self.interval
+                    || sent.len() != table.len()
+                    || sent.iter().zip(&table).any(|((t0, w0), (t1, w1))| {
+                        t0 != t1 || w1.saturating_sub(*w0).saturating_abs() >= self.step_ms
+                    })
+            }
+        };
+        if !due {
+            return None;
+        }
+        self.last = Some((now, table.clone()));
+        Some(table)
     }
 }
 
@@ -214,6 +271,59 @@ mod tests {
 
     fn task(vertex: u32, subtask: u32) -> TaskId {
         TaskId { vertex, subtask }
+    }
+
+    #[test]
+    fn reports_go_out_on_the_heartbeat_and_as_soon_as_a_watermark_moved_a_step() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut pacer = ReportPacer::new(ms(200), 2_500);
+        let table = |a: Timestamp, b: Timestamp| vec![(task(0, 0), a), (task(0, 1), b)];
+        assert!(
+            pacer.due(table(MIN_WATERMARK, MIN_WATERMARK), t0).is_some(),
+            "the first one"
+        );
+        assert!(pacer
+            .due(table(MIN_WATERMARK, MIN_WATERMARK), t0 + ms(5))
+            .is_none());
+        // Leaving MIN is a move of any size.
+        assert!(pacer.due(table(1_000, MIN_WATERMARK), t0 + ms(6)).is_some());
+        // Small moves wait for the heartbeat...
+        assert!(pacer
+            .due(table(3_499, MIN_WATERMARK), t0 + ms(10))
+            .is_none());
+        assert!(pacer
+            .due(table(3_499, MIN_WATERMARK), t0 + ms(205))
+            .is_none());
+        assert!(pacer
+            .due(table(3_499, MIN_WATERMARK), t0 + ms(206))
+            .is_some());
+        // ... a step goes out at once, and so does a finished source (MAX).
+        assert!(pacer
+            .due(table(5_999, MIN_WATERMARK), t0 + ms(207))
+            .is_some());
+        assert!(pacer
+            .due(table(5_999, MAX_WATERMARK), t0 + ms(208))
+            .is_some());
+        assert!(pacer
+            .due(table(5_999, MAX_WATERMARK), t0 + ms(209))
+            .is_none());
+    }
+
+    #[test]
+    fn the_report_step_is_a_quarter_of_the_smallest_drift() {
+        let hub = AlignmentHub::new(vec![
+            (
+                WatermarkAlignment::new("a", Duration::from_secs(10)),
+                vec![task(0, 0)],
+            ),
+            (
+                WatermarkAlignment::new("b", Duration::from_secs(2)),
+                vec![task(1, 0)],
+            ),
+        ]);
+        assert_eq!(hub.report_step_ms(), 500);
+        assert_eq!(AlignmentHub::default().report_step_ms(), i64::MAX);
     }
 
     #[test]

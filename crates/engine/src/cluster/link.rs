@@ -4,10 +4,12 @@
 //! tasks' events (acknowledgements with the uploaded files, declines, finished, failed). A link that
 //! breaks ends the attempt on both sides.
 //!
-//! Watermark alignment rides on the same links: every `update_interval` each worker reports the
-//! watermarks of its aligned source subtasks to worker 0, and worker 0 sends every worker the whole
-//! table (its own subtasks and what the others reported), so each process sees every subtask of a
-//! group at most about two intervals late.
+//! Watermark alignment rides on the same links: each worker reports the watermarks of its aligned
+//! source subtasks to worker 0, and worker 0 sends every worker the whole table (its own subtasks
+//! and what the others reported). A report goes out every `update_interval`, and also as soon as a
+//! watermark moved a quarter of the drift ([`ReportPacer`], looked at every [`ALIGNMENT_POLL`]):
+//! so each process sees every subtask of a group at most about two intervals late in real time,
+//! and a few milliseconds late when event time runs far ahead of wall time.
 
 use std::collections::HashMap;
 use std::net::{Shutdown, TcpStream};
@@ -25,7 +27,10 @@ use super::ClusterError;
 use crate::control::{ControlSender, CoordinatorEvent, TaskAck, TaskControl, TaskId};
 use crate::coordinator::{AttemptEnd, CoordinatorError};
 use crate::types::Timestamp;
-use crate::watermark_alignment::AlignmentHub;
+use crate::watermark_alignment::{AlignmentHub, ReportPacer};
+
+/// How often the watermark table is looked at for a report that is due.
+pub const ALIGNMENT_POLL: Duration = Duration::from_millis(2);
 
 /// The links a formed node holds until the attempt starts.
 pub(crate) enum Links {
@@ -314,19 +319,22 @@ fn read_member(
     }
 }
 
-/// Worker 0: every `interval`, send every worker the watermark table, until the attempt ended.
+/// Worker 0: send every worker the watermark table when a report is due, until the attempt ended.
 fn broadcast_watermarks(
     hub: &AlignmentHub,
     interval: Duration,
     outs: &[Sender<ToMember>],
     ended: &AtomicBool,
 ) {
+    let mut pacer = ReportPacer::new(interval, hub.report_step_ms());
     loop {
-        std::thread::sleep(interval);
+        std::thread::sleep(ALIGNMENT_POLL);
         if ended.load(Ordering::SeqCst) {
             return;
         }
-        let watermarks = hub.watermarks();
+        let Some(watermarks) = pacer.due(hub.watermarks(), std::time::Instant::now()) else {
+            continue;
+        };
         let mut delivered = false;
         for out in outs {
             delivered |= out
@@ -341,9 +349,14 @@ fn broadcast_watermarks(
     }
 }
 
-/// Other workers: forward the tasks' events and, every update interval, the local watermarks.
+/// Other workers: forward the tasks' events and, when a report is due, the local watermarks.
 fn forward_events(mut stream: TcpStream, events: &Receiver<CoordinatorEvent>, hub: &AlignmentHub) {
-    let ticks = hub.update_interval().map_or_else(never, tick);
+    let ticks = hub
+        .update_interval()
+        .map_or_else(never, |_| tick(ALIGNMENT_POLL));
+    let mut pacer = hub
+        .update_interval()
+        .map(|interval| ReportPacer::new(interval, hub.report_step_ms()));
     loop {
         let event = select! {
             recv(events) -> event => match event {
@@ -351,9 +364,13 @@ fn forward_events(mut stream: TcpStream, events: &Receiver<CoordinatorEvent>, hu
                 Err(_) => return,
             },
             recv(ticks) -> _ => {
-                let report = ToCoordinator::Watermarks {
-                    watermarks: hub.watermarks(),
+                let due = pacer
+                    .as_mut()
+                    .and_then(|p| p.due(hub.watermarks(), std::time::Instant::now()));
+                let Some(watermarks) = due else {
+                    continue;
                 };
+                let report = ToCoordinator::Watermarks { watermarks };
                 if let Err(e) = write_json(&mut stream, &report) {
                     tracing::warn!(error = %e, "control link to the coordinator broke");
                     return;
