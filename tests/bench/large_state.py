@@ -8,7 +8,8 @@ live state). The `large-state` job keeps `keys` values of `value-bytes` bytes; a
                              [--steady-seconds 30] [--runs 1] [--out FILE.md]
 
 Prints a markdown table: throughput, checkpoint duration p50/p99 (steady phase: checkpoints
-after the fill), bytes uploaded and referenced per checkpoint (p50), peak RSS, and the state size
+after the fill), the synchronous part p50/p99 (how long the slowest task stopped processing to copy
+and encode its state; the upload is asynchronous), bytes uploaded and referenced per checkpoint (p50), peak RSS, and the state size
 (the referenced bytes of the last full checkpoint). Peak RSS is sampled while the sources run
 (before the final checkpoint a bounded run ends with); a run without periodic checkpoints gives the
 memory of the live state itself, so the RSS ratio shows what checkpoints add. Restore: a second
@@ -105,6 +106,9 @@ spec:
         "p50": pct([c["durationMs"] for c in steady], 0.5),
         "p99": pct([c["durationMs"] for c in steady], 0.99),
         "max": max((c["durationMs"] for c in steady), default=None),
+        # The synchronous part (processing stopped on the slowest task), where the binary reports it.
+        "sync_p50": pct([c["syncMaxMicros"] / 1000 for c in steady if "syncMaxMicros" in c], 0.5),
+        "sync_p99": pct([c["syncMaxMicros"] / 1000 for c in steady if "syncMaxMicros" in c], 0.99),
         "uploaded": pct([c.get("uploadedBytes", c["sizeBytes"]) for c in steady], 0.5),
         "referenced": pct([c["sizeBytes"] for c in steady], 0.5),
         "last_size": s["checkpoints"][-1]["sizeBytes"] if s["checkpoints"] else None,
@@ -127,8 +131,8 @@ lines = [
     f"large-state: {a.keys:,} keys x {a.value_bytes} B values, {a.rate:,} updates/s, {a.steady_seconds} s after the fill, "
     f"p={a.parallelism}, checkpoints every 1 s to a local folder; state {state_mb:,.0f} MB (full checkpoint); medians of {a.runs}",
     "",
-    "| checkpoints | events/s | checkpoints/run | duration p50 | p99 | max | uploaded p50 | referenced p50 | peak RSS | RSS / no-checkpoint RSS | restore | uploaded by the checkpoint after the restore |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    "| checkpoints | events/s | checkpoints/run | duration p50 | p99 | max | synchronous part p50 | p99 | uploaded p50 | referenced p50 | peak RSS | RSS / no-checkpoint RSS | restore | uploaded by the checkpoint after the restore |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
 ]
 fmt = lambda v, f: "-" if v is None else f(v)
 for mode in MODES:
@@ -137,6 +141,7 @@ for mode in MODES:
     lines.append(
         f"| {mode} | {m('events_per_s'):,.0f} | {m('checkpoints'):.0f} | "
         f"{fmt(m('p50'), lambda v: f'{v:,.0f} ms')} | {fmt(m('p99'), lambda v: f'{v:,.0f} ms')} | {fmt(m('max'), lambda v: f'{v:,.0f} ms')} | "
+        f"{fmt(m('sync_p50'), lambda v: f'{v:,.0f} ms')} | {fmt(m('sync_p99'), lambda v: f'{v:,.0f} ms')} | "
         f"{fmt(m('uploaded'), lambda v: f'{v / 1e6:,.0f} MB')} | {fmt(m('referenced'), lambda v: f'{v / 1e6:,.0f} MB')} | {m('rss_mib'):,.0f} MiB | "
         f"{m('rss_mib') / live_mib:.2f}x | {fmt(m('restore_s'), lambda v: f'{v:.1f} s')} | "
         f"{fmt(m('after_restore_uploaded'), lambda v: f'{v / 1e6:,.1f} MB')} |")

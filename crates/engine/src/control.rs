@@ -50,6 +50,10 @@ pub struct TaskAck {
     pub files: Vec<(String, FileRef)>,
     /// Bytes uploaded.
     pub bytes: u64,
+    /// How long the task's processing stopped for the snapshot (the synchronous part: copying
+    /// operator state and encoding the files), in microseconds.
+    #[serde(default)]
+    pub sync_micros: u64,
 }
 
 /// Task (or uploader) -> coordinator.

@@ -67,6 +67,10 @@ pub struct CompletedSnapshot {
     pub uploaded_bytes: u64,
     /// Trigger to completion.
     pub duration: Duration,
+    /// The longest synchronous part of any task (its processing stopped that long for the
+    /// snapshot: state copied and encoded; the upload runs after, asynchronously), microseconds.
+    #[serde(default)]
+    pub sync_max_micros: u64,
     /// Completion time (unix ms).
     pub completed_at_ms: u64,
 }
@@ -88,6 +92,8 @@ pub struct JobProgress {
     pub sizes_bytes: Vec<u64>,
     /// Bytes uploaded by each completed snapshot, in completion order.
     pub uploaded_bytes: Vec<u64>,
+    /// The longest synchronous part of each completed snapshot (microseconds), in completion order.
+    pub sync_max_micros: Vec<u64>,
     /// When the coordinator started (the tasks run from here; restore is done).
     pub run_started: Option<Instant>,
     /// When every source had emitted its last record (bounded jobs).
@@ -614,6 +620,7 @@ fn complete(
         size_bytes: manifest.total_size(),
         uploaded_bytes: p.acks.iter().map(|a| a.bytes).sum(),
         duration: p.started.elapsed(),
+        sync_max_micros: p.acks.iter().map(|a| a.sync_micros).max().unwrap_or(0),
         completed_at_ms: now_ms(),
     };
     tracing::info!(
@@ -622,6 +629,7 @@ fn complete(
         bytes = done.size_bytes,
         uploaded_bytes = done.uploaded_bytes,
         duration_ms = done.duration.as_millis() as u64,
+        sync_max_us = done.sync_max_micros,
         location = %done.location,
         "snapshot complete"
     );
@@ -631,6 +639,7 @@ fn complete(
         progress.durations_ms.push(done.duration.as_millis() as u64);
         progress.sizes_bytes.push(done.size_bytes);
         progress.uploaded_bytes.push(done.uploaded_bytes);
+        progress.sync_max_micros.push(done.sync_max_micros);
         match done.kind {
             SnapshotType::Checkpoint => progress.last_checkpoint = Some(done.clone()),
             SnapshotType::Savepoint { .. } => progress.last_savepoint = Some(done.clone()),
@@ -738,6 +747,7 @@ mod tests {
                 },
             )],
             bytes: 10,
+            sync_micros: 0,
         }
     }
 

@@ -104,6 +104,7 @@ pub(crate) fn run_source_task<T: Send + 'static>(
         if let Some(control) = control {
             match control {
                 TaskControl::TriggerBarrier(barrier) => {
+                    let sync_started = std::time::Instant::now();
                     let entries = source.snapshot(barrier.id).map_err(wrap)?;
                     let mut snapshots = vec![(
                         source_id.clone(),
@@ -113,7 +114,7 @@ pub(crate) fn run_source_task<T: Send + 'static>(
                         },
                     )];
                     pipeline.barrier(&barrier, &mut snapshots)?;
-                    env.upload(barrier, snapshots);
+                    env.upload(barrier, snapshots, sync_started);
                     if barrier.is_final || barrier.kind.stops_job() {
                         waiting_on = Some(barrier);
                     }

@@ -85,9 +85,15 @@ impl TaskEnv {
         let _ = self.events.send(event);
     }
 
-    /// Serialize the snapshot now (the synchronous part) and queue its upload; the upload queue
+    /// Serialize the snapshot now (the synchronous part, which began at `sync_started` when the
+    /// task stopped processing for the barrier) and queue its upload; the upload queue
     /// acknowledges to the coordinator when the files are stored.
-    pub(crate) fn upload(&self, barrier: Barrier, snapshots: Vec<(String, OperatorSnapshot)>) {
+    pub(crate) fn upload(
+        &self,
+        barrier: Barrier,
+        snapshots: Vec<(String, OperatorSnapshot)>,
+        sync_started: std::time::Instant,
+    ) {
         let task = self.id;
         let kind = match barrier.kind {
             SnapshotType::Checkpoint => SnapshotKind::Checkpoint,
@@ -158,6 +164,7 @@ impl TaskEnv {
             task,
             key_groups: self.ctx.key_groups.clone(),
             operators,
+            sync_micros: sync_started.elapsed().as_micros() as u64,
         };
         if let Err(reason) = self.uploads.push(job) {
             decline(reason);
@@ -289,8 +296,9 @@ fn snapshot<I>(
     env: &TaskEnv,
     barrier: Barrier,
 ) -> Result<(), TaskError> {
+    let sync_started = std::time::Instant::now();
     let mut snapshots = Vec::new();
     pipeline.barrier(&barrier, &mut snapshots)?;
-    env.upload(barrier, snapshots);
+    env.upload(barrier, snapshots, sync_started);
     Ok(())
 }

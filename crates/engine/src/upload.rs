@@ -46,6 +46,8 @@ pub(crate) struct UploadJob {
     pub task: TaskId,
     pub key_groups: Range<u32>,
     pub operators: Vec<OperatorUpload>,
+    /// The synchronous part of the snapshot on the task thread, in microseconds.
+    pub sync_micros: u64,
 }
 
 /// The upload queue of one task.
@@ -71,6 +73,7 @@ impl UploadQueue {
                         key_groups: job.key_groups.clone(),
                         files,
                         bytes,
+                        sync_micros: job.sync_micros,
                     }),
                     Err(reason) => CoordinatorEvent::Declined {
                         checkpoint_id: job.checkpoint_id,
@@ -154,6 +157,7 @@ mod tests {
                 subtask: 0,
             },
             key_groups: 0..4,
+            sync_micros: 0,
             operators: vec![OperatorUpload {
                 operator_id: "op".into(),
                 base: base

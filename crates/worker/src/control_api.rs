@@ -54,6 +54,9 @@ pub struct SnapshotReport {
     pub size_bytes: u64,
     /// Trigger to completion.
     pub duration_ms: u64,
+    /// The longest time a task stopped processing for it (the synchronous part), microseconds.
+    #[serde(default)]
+    pub sync_max_micros: u64,
     /// Completion time, unix ms.
     pub completed_at_ms: u64,
 }
@@ -70,6 +73,7 @@ impl From<&CompletedSnapshot> for SnapshotReport {
             location: s.location.clone(),
             size_bytes: s.size_bytes,
             duration_ms: s.duration.as_millis() as u64,
+            sync_max_micros: s.sync_max_micros,
             completed_at_ms: s.completed_at_ms,
         }
     }
@@ -340,6 +344,11 @@ async fn metrics(State(state): State<Arc<ControlState>>) -> Response {
             "checkpoint_last_duration_milliseconds",
             "Duration of the newest completed checkpoint",
             c.duration_ms as i64,
+        );
+        gauge(
+            "checkpoint_last_sync_max_microseconds",
+            "Longest time a task of this worker stopped processing for the newest checkpoint (copying and encoding state; the upload is asynchronous)",
+            c.sync_max_micros as i64,
         );
         gauge(
             "checkpoint_last_size_bytes",

@@ -251,6 +251,8 @@ pub struct CheckpointStat {
     pub size_bytes: u64,
     /// Bytes uploaded (less than `size_bytes` for incremental checkpoints).
     pub uploaded_bytes: u64,
+    /// The longest time any task stopped processing for the snapshot (its synchronous part), µs.
+    pub sync_max_micros: u64,
 }
 
 /// Run a prepared job to its end.
@@ -392,10 +394,12 @@ pub fn run_with_stats(job: LocalJob, progress: bool) -> Result<(RunOutcome, RunS
             .iter()
             .zip(&p.sizes_bytes)
             .zip(&p.uploaded_bytes)
-            .map(|((d, s), u)| CheckpointStat {
+            .zip(&p.sync_max_micros)
+            .map(|(((d, s), u), sync)| CheckpointStat {
                 duration_ms: *d,
                 size_bytes: *s,
                 uploaded_bytes: *u,
+                sync_max_micros: *sync,
             })
             .collect();
     }
