@@ -130,6 +130,16 @@ pub struct StateFileBody {
 const STATE_FILE_MAGIC: &[u8; 5] = b"SJSF\x02";
 
 impl StateFileBody {
+    /// Bytes of every blob (the file is a little larger).
+    pub fn blob_bytes(&self) -> usize {
+        self.keyed
+            .iter()
+            .chain(&self.keyed_changes)
+            .map(|(_, b)| b.len())
+            .chain(self.list.iter().map(Vec::len))
+            .sum()
+    }
+
     /// What the file holds, for the manifest (a restore skips files without groups it needs).
     pub fn contents(&self) -> FileContents {
         FileContents::new(

@@ -5,7 +5,6 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use crossbeam_channel::{Receiver, Select, Sender};
 use streamjob_checkpoint::layout::{SnapshotDir, SnapshotLayout};
 use streamjob_checkpoint::manifest::SnapshotKind;
@@ -17,7 +16,7 @@ use crate::operator::{BaseFile, OperatorContext, OperatorSnapshot, StateFileBody
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::restore::RestoreView;
 use crate::types::{Barrier, EndOfStream, Message, SnapshotType, Timestamp, MIN_WATERMARK};
-use crate::upload::{BaseRef, OperatorUpload, UploadJob, UploadQueue};
+use crate::upload::{BaseRef, OperatorUpload, OwnFile, UploadJob, UploadQueue};
 use crate::watermark_alignment::{AlignmentStats, SourceAlignment};
 
 /// Why a task stopped before its input ended.
@@ -136,14 +135,13 @@ impl TaskEnv {
                     keyed_changes: snapshot.keyed_changes,
                     list: snapshot.list,
                 };
-                let contents = body.contents();
-                let bytes = body.encode();
                 let key = match file_in(&dir) {
                     Ok(key) => key,
                     Err(e) => return decline(format!("invalid operator id {operator_id:?}: {e}")),
                 };
-                encoded_bytes += bytes.len();
-                Some((key, Bytes::from(bytes), contents))
+                encoded_bytes += body.blob_bytes();
+                // Laid out as a file by the upload queue, off this thread.
+                Some((key, OwnFile::Body(body)))
             };
             operators.push(OperatorUpload {
                 operator_id,
@@ -155,8 +153,8 @@ impl TaskEnv {
             task = %task,
             checkpoint_id = barrier.id,
             bytes = encoded_bytes,
-            encode_us = started.elapsed().as_micros() as u64,
-            "snapshot encoded on the task thread"
+            handover_us = started.elapsed().as_micros() as u64,
+            "snapshot handed to the upload queue"
         );
         let job = UploadJob {
             checkpoint_id: barrier.id,

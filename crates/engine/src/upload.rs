@@ -1,5 +1,8 @@
 //! The asynchronous part of a task's snapshots: one upload queue per task, worked off in order on
-//! the job's tokio runtime, and the ledger of files this task uploaded for its checkpoints.
+//! the job's tokio runtime, and the ledger of files this task uploaded for its checkpoints. The
+//! task thread hands over each operator's snapshot as owned blobs; laying them out as a state file
+//! (one buffer, checksummed) happens here, on a blocking thread of the runtime, so the task does not
+//! wait for that copy.
 //!
 //! In order, because an incremental checkpoint references files of earlier checkpoints of the same
 //! task: before it acknowledges, every referenced file must have uploaded (it is in the ledger).
@@ -18,6 +21,7 @@ use streamjob_checkpoint::store::SnapshotStore;
 use tokio::sync::mpsc;
 
 use crate::control::{CoordinatorEvent, TaskAck, TaskId};
+use crate::operator::StateFileBody;
 
 /// An earlier file a snapshot references.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,8 +38,16 @@ pub(crate) struct OperatorUpload {
     pub operator_id: String,
     /// Earlier files this snapshot references, oldest first.
     pub base: Vec<BaseRef>,
-    /// This snapshot's own file, if it writes one: key, bytes, and what it holds.
-    pub own: Option<(String, Bytes, FileContents)>,
+    /// This snapshot's own file, if it writes one: its key and content.
+    pub own: Option<(String, OwnFile)>,
+}
+
+/// The content of a snapshot's own file.
+pub(crate) enum OwnFile {
+    /// As the task handed it over: encoded by the upload queue.
+    Body(StateFileBody),
+    /// Encoded, with what it holds (for the manifest).
+    Encoded(Bytes, FileContents),
 }
 
 /// A whole task snapshot to upload and acknowledge.
@@ -65,8 +77,12 @@ impl UploadQueue {
         let (tx, mut rx) = mpsc::unbounded_channel::<UploadJob>();
         runtime.spawn(async move {
             let mut ledger: HashMap<String, FileRef> = HashMap::new();
-            while let Some(job) = rx.recv().await {
-                let event = match upload(store.as_ref(), &mut ledger, &job).await {
+            while let Some(mut job) = rx.recv().await {
+                let uploaded = match encode(&mut job).await {
+                    Ok(()) => upload(store.as_ref(), &mut ledger, &job).await,
+                    Err(reason) => Err(reason),
+                };
+                let event = match uploaded {
                     Ok((files, bytes)) => CoordinatorEvent::Ack(TaskAck {
                         checkpoint_id: job.checkpoint_id,
                         task: job.task,
@@ -96,7 +112,27 @@ impl UploadQueue {
     }
 }
 
-/// Upload one snapshot; returns the files to acknowledge (per operator: referenced ones first, in
+/// Lay out every operator's own file (off the async workers: it copies every blob once).
+async fn encode(job: &mut UploadJob) -> Result<(), String> {
+    for op in &mut job.operators {
+        let Some((_, file)) = &mut op.own else {
+            continue;
+        };
+        if let OwnFile::Body(body) = file {
+            let body = std::mem::take(body);
+            let (bytes, contents) = tokio::task::spawn_blocking(move || {
+                let contents = body.contents();
+                (Bytes::from(body.encode()), contents)
+            })
+            .await
+            .map_err(|e| format!("encoding the state of {} failed: {e}", op.operator_id))?;
+            *file = OwnFile::Encoded(bytes, contents);
+        }
+    }
+    Ok(())
+}
+
+/// Upload one snapshot (its files encoded); returns the files to acknowledge (per operator: referenced ones first, in
 /// order, then its own) and the bytes uploaded.
 async fn upload(
     store: &dyn SnapshotStore,
@@ -124,7 +160,12 @@ async fn upload(
                 }
             }
         }
-        if let Some((key, body, contents)) = &op.own {
+        if let Some((key, own)) = &op.own {
+            let OwnFile::Encoded(body, contents) = own else {
+                return Err(format!(
+                    "the state file {key} was not encoded before its upload"
+                ));
+            };
             bytes += body.len() as u64;
             let mut file = write_state_file(store, key, body.clone())
                 .await
@@ -167,31 +208,44 @@ mod tests {
                 own: own.map(|k| {
                     (
                         k.to_string(),
-                        Bytes::from_static(b"state"),
-                        FileContents::new([0, 3], 0),
+                        OwnFile::Body(StateFileBody {
+                            keyed: vec![(0, b"ab".to_vec()), (3, b"cd".to_vec())],
+                            ..StateFileBody::default()
+                        }),
                     )
                 }),
             }],
         }
     }
 
+    /// What the queue does with a job: encode, then upload.
+    async fn run(
+        store: &dyn SnapshotStore,
+        ledger: &mut HashMap<String, FileRef>,
+        mut job: UploadJob,
+    ) -> Result<(Vec<(String, FileRef)>, u64), String> {
+        encode(&mut job).await?;
+        upload(store, ledger, &job).await
+    }
+
     #[tokio::test]
     async fn references_resolve_from_the_ledger_and_missing_ones_decline() {
         let store = MemoryStore::default();
         let mut ledger = HashMap::new();
-        let (files, bytes) = upload(&store, &mut ledger, &job(1, &[], Some("c/1/op-0.state")))
+        let (files, bytes) = run(&store, &mut ledger, job(1, &[], Some("c/1/op-0.state")))
             .await
             .unwrap();
-        assert_eq!((files.len(), bytes), (1, 5));
+        assert_eq!((files.len(), bytes), (1, files[0].1.size));
+        assert!(bytes > 4, "the encoded file, not the blobs alone");
         assert_eq!(
             files[0].1.contents,
             Some(FileContents::new([0, 3], 0)),
             "the manifest learns what the file holds"
         );
-        let (files, _) = upload(
+        let (files, _) = run(
             &store,
             &mut ledger,
-            &job(2, &["c/1/op-0.state"], Some("c/2/op-0.state")),
+            job(2, &["c/1/op-0.state"], Some("c/2/op-0.state")),
         )
         .await
         .unwrap();
@@ -201,7 +255,7 @@ mod tests {
             ["c/1/op-0.state", "c/2/op-0.state"],
             "base first, then own"
         );
-        let err = upload(&store, &mut ledger, &job(3, &["c/9/op-0.state"], None))
+        let err = run(&store, &mut ledger, job(3, &["c/9/op-0.state"], None))
             .await
             .unwrap_err();
         assert!(
@@ -209,13 +263,11 @@ mod tests {
             "{err}"
         );
         // Chain moved on to 2 only: 1 leaves the ledger.
-        upload(&store, &mut ledger, &job(4, &["c/2/op-0.state"], None))
+        run(&store, &mut ledger, job(4, &["c/2/op-0.state"], None))
             .await
             .unwrap();
-        assert!(
-            upload(&store, &mut ledger, &job(5, &["c/1/op-0.state"], None))
-                .await
-                .is_err()
-        );
+        assert!(run(&store, &mut ledger, job(5, &["c/1/op-0.state"], None))
+            .await
+            .is_err());
     }
 }
