@@ -75,6 +75,20 @@ pub struct CompletedSnapshot {
     pub completed_at_ms: u64,
 }
 
+/// One completed snapshot's figures (for percentiles and `--stats-json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotFigures {
+    /// Trigger to completion.
+    pub duration_ms: u64,
+    /// Bytes of state (every file the manifest lists).
+    pub size_bytes: u64,
+    /// Bytes uploaded (less than `size_bytes` for incremental checkpoints).
+    pub uploaded_bytes: u64,
+    /// The longest time any task stopped processing for it (its synchronous part), µs.
+    pub sync_max_micros: u64,
+}
+
 /// Live facts about a running attempt (progress display, control API, metrics).
 #[derive(Debug, Default, Clone)]
 pub struct JobProgress {
@@ -86,14 +100,8 @@ pub struct JobProgress {
     pub completed: u64,
     /// Failed or aborted checkpoints in this attempt.
     pub failed: u64,
-    /// Durations of completed checkpoints in this attempt (ms), for percentiles.
-    pub durations_ms: Vec<u64>,
-    /// Sizes of the completed snapshots in this attempt (bytes), in completion order.
-    pub sizes_bytes: Vec<u64>,
-    /// Bytes uploaded by each completed snapshot, in completion order.
-    pub uploaded_bytes: Vec<u64>,
-    /// The longest synchronous part of each completed snapshot (microseconds), in completion order.
-    pub sync_max_micros: Vec<u64>,
+    /// The figures of every completed snapshot of this attempt, in completion order.
+    pub snapshots: Vec<SnapshotFigures>,
     /// When the coordinator started (the tasks run from here; restore is done).
     pub run_started: Option<Instant>,
     /// When every source had emitted its last record (bounded jobs).
@@ -636,10 +644,12 @@ fn complete(
     send_all(TaskControl::NotifyComplete(done.id));
     if let Ok(mut progress) = setup.progress.lock() {
         progress.completed += 1;
-        progress.durations_ms.push(done.duration.as_millis() as u64);
-        progress.sizes_bytes.push(done.size_bytes);
-        progress.uploaded_bytes.push(done.uploaded_bytes);
-        progress.sync_max_micros.push(done.sync_max_micros);
+        progress.snapshots.push(SnapshotFigures {
+            duration_ms: done.duration.as_millis() as u64,
+            size_bytes: done.size_bytes,
+            uploaded_bytes: done.uploaded_bytes,
+            sync_max_micros: done.sync_max_micros,
+        });
         match done.kind {
             SnapshotType::Checkpoint => progress.last_checkpoint = Some(done.clone()),
             SnapshotType::Savepoint { .. } => progress.last_savepoint = Some(done.clone()),

@@ -13,6 +13,7 @@ use streamjob_api::duration::parse_duration;
 use streamjob_api::v1alpha1::{CheckpointMode, StreamJob};
 use streamjob_checkpoint::url::{open_store, S3Options};
 use streamjob_engine::config::{CheckpointConfig, CheckpointingMode, JobConfig};
+use streamjob_engine::coordinator::SnapshotFigures;
 use streamjob_engine::runner::{
     run_with_restarts, MonitorAction, RunOutcome, RunnerError, RunnerOptions,
 };
@@ -236,23 +237,9 @@ pub struct RunStats {
     /// Last attempt, from its tasks starting until every source emitted its last record.
     pub input_millis: Option<u64>,
     /// Completed snapshots of the last attempt, in completion order.
-    pub checkpoints: Vec<CheckpointStat>,
+    pub checkpoints: Vec<SnapshotFigures>,
     /// What watermark alignment did to the sources of the last attempt.
     pub alignment: streamjob_engine::watermark_alignment::AlignmentSummary,
-}
-
-/// One completed snapshot.
-#[derive(Debug, Clone, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CheckpointStat {
-    /// Trigger to completion.
-    pub duration_ms: u64,
-    /// Bytes of state (every file the manifest lists).
-    pub size_bytes: u64,
-    /// Bytes uploaded (less than `size_bytes` for incremental checkpoints).
-    pub uploaded_bytes: u64,
-    /// The longest time any task stopped processing for the snapshot (its synchronous part), µs.
-    pub sync_max_micros: u64,
 }
 
 /// Run a prepared job to its end.
@@ -389,19 +376,7 @@ pub fn run_with_stats(job: LocalJob, progress: bool) -> Result<(RunOutcome, RunS
                 .sources_finished
                 .map(|f| f.duration_since(started).as_millis() as u64);
         }
-        stats.checkpoints = p
-            .durations_ms
-            .iter()
-            .zip(&p.sizes_bytes)
-            .zip(&p.uploaded_bytes)
-            .zip(&p.sync_max_micros)
-            .map(|(((d, s), u), sync)| CheckpointStat {
-                duration_ms: *d,
-                size_bytes: *s,
-                uploaded_bytes: *u,
-                sync_max_micros: *sync,
-            })
-            .collect();
+        stats.checkpoints = p.snapshots;
     }
     Ok((outcome, stats))
 }
