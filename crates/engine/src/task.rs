@@ -16,7 +16,7 @@ use crate::operator::{BaseFile, OperatorContext, OperatorSnapshot, StateFileBody
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::restore::RestoreView;
 use crate::types::{Barrier, EndOfStream, Message, SnapshotType, Timestamp, MIN_WATERMARK};
-use crate::upload::{BaseRef, OperatorUpload, OwnFile, UploadJob, UploadQueue};
+use crate::upload::{BaseRef, OperatorUpload, UploadJob, UploadQueue};
 use crate::watermark_alignment::{AlignmentStats, SourceAlignment};
 
 /// Why a task stopped before its input ended.
@@ -141,7 +141,7 @@ impl TaskEnv {
                 };
                 encoded_bytes += body.blob_bytes();
                 // Laid out as a file by the upload queue, off this thread.
-                Some((key, OwnFile::Body(body)))
+                Some((key, body))
             };
             operators.push(OperatorUpload {
                 operator_id,

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use crossbeam_channel::Sender;
-use streamjob_checkpoint::manifest::{FileContents, FileRef};
+use streamjob_checkpoint::manifest::FileRef;
 use streamjob_checkpoint::state_file::write_state_file;
 use streamjob_checkpoint::store::SnapshotStore;
 use tokio::sync::mpsc;
@@ -38,16 +38,8 @@ pub(crate) struct OperatorUpload {
     pub operator_id: String,
     /// Earlier files this snapshot references, oldest first.
     pub base: Vec<BaseRef>,
-    /// This snapshot's own file, if it writes one: its key and content.
-    pub own: Option<(String, OwnFile)>,
-}
-
-/// The content of a snapshot's own file.
-pub(crate) enum OwnFile {
-    /// As the task handed it over: encoded by the upload queue.
-    Body(StateFileBody),
-    /// Encoded, with what it holds (for the manifest).
-    Encoded(Bytes, FileContents),
+    /// This snapshot's own file, if it writes one: its key and content (laid out here).
+    pub own: Option<(String, StateFileBody)>,
 }
 
 /// A whole task snapshot to upload and acknowledge.
@@ -78,11 +70,7 @@ impl UploadQueue {
         runtime.spawn(async move {
             let mut ledger: HashMap<String, FileRef> = HashMap::new();
             while let Some(mut job) = rx.recv().await {
-                let uploaded = match encode(&mut job).await {
-                    Ok(()) => upload(store.as_ref(), &mut ledger, &job).await,
-                    Err(reason) => Err(reason),
-                };
-                let event = match uploaded {
+                let event = match upload(store.as_ref(), &mut ledger, &mut job).await {
                     Ok((files, bytes)) => CoordinatorEvent::Ack(TaskAck {
                         checkpoint_id: job.checkpoint_id,
                         task: job.task,
@@ -112,36 +100,17 @@ impl UploadQueue {
     }
 }
 
-/// Lay out every operator's own file (off the async workers: it copies every blob once).
-async fn encode(job: &mut UploadJob) -> Result<(), String> {
-    for op in &mut job.operators {
-        let Some((_, file)) = &mut op.own else {
-            continue;
-        };
-        if let OwnFile::Body(body) = file {
-            let body = std::mem::take(body);
-            let (bytes, contents) = tokio::task::spawn_blocking(move || {
-                let contents = body.contents();
-                (Bytes::from(body.encode()), contents)
-            })
-            .await
-            .map_err(|e| format!("encoding the state of {} failed: {e}", op.operator_id))?;
-            *file = OwnFile::Encoded(bytes, contents);
-        }
-    }
-    Ok(())
-}
-
-/// Upload one snapshot (its files encoded); returns the files to acknowledge (per operator: referenced ones first, in
-/// order, then its own) and the bytes uploaded.
+/// Upload one snapshot (its own files are laid out first, on a blocking thread: that copies every
+/// blob once); returns the files to acknowledge (per operator: referenced ones first, in order,
+/// then its own) and the bytes uploaded.
 async fn upload(
     store: &dyn SnapshotStore,
     ledger: &mut HashMap<String, FileRef>,
-    job: &UploadJob,
+    job: &mut UploadJob,
 ) -> Result<(Vec<(String, FileRef)>, u64), String> {
     let mut files = Vec::new();
     let mut bytes = 0;
-    for op in &job.operators {
+    for op in &mut job.operators {
         for base in &op.base {
             let key = match base {
                 BaseRef::Adopted(file) => {
@@ -160,17 +129,19 @@ async fn upload(
                 }
             }
         }
-        if let Some((key, own)) = &op.own {
-            let OwnFile::Encoded(body, contents) = own else {
-                return Err(format!(
-                    "the state file {key} was not encoded before its upload"
-                ));
-            };
+        if let Some((key, body)) = &mut op.own {
+            let body = std::mem::take(body);
+            let (body, contents) = tokio::task::spawn_blocking(move || {
+                let contents = body.contents();
+                (Bytes::from(body.encode()), contents)
+            })
+            .await
+            .map_err(|e| format!("laying out the state file {key} failed: {e}"))?;
             bytes += body.len() as u64;
-            let mut file = write_state_file(store, key, body.clone())
+            let mut file = write_state_file(store, key, body)
                 .await
                 .map_err(|e| format!("failed to upload {key}: {e}"))?;
-            file.contents = Some(*contents);
+            file.contents = Some(contents);
             if job.is_checkpoint {
                 ledger.insert(key.clone(), file.clone());
             }
@@ -187,6 +158,7 @@ async fn upload(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use streamjob_checkpoint::manifest::FileContents;
     use streamjob_checkpoint::memory_store::MemoryStore;
 
     fn job(id: u64, base: &[&str], own: Option<&str>) -> UploadJob {
@@ -208,33 +180,27 @@ mod tests {
                 own: own.map(|k| {
                     (
                         k.to_string(),
-                        OwnFile::Body(StateFileBody {
+                        StateFileBody {
                             keyed: vec![(0, b"ab".to_vec()), (3, b"cd".to_vec())],
                             ..StateFileBody::default()
-                        }),
+                        },
                     )
                 }),
             }],
         }
     }
 
-    /// What the queue does with a job: encode, then upload.
-    async fn run(
-        store: &dyn SnapshotStore,
-        ledger: &mut HashMap<String, FileRef>,
-        mut job: UploadJob,
-    ) -> Result<(Vec<(String, FileRef)>, u64), String> {
-        encode(&mut job).await?;
-        upload(store, ledger, &job).await
-    }
-
     #[tokio::test]
     async fn references_resolve_from_the_ledger_and_missing_ones_decline() {
         let store = MemoryStore::default();
         let mut ledger = HashMap::new();
-        let (files, bytes) = run(&store, &mut ledger, job(1, &[], Some("c/1/op-0.state")))
-            .await
-            .unwrap();
+        let (files, bytes) = upload(
+            &store,
+            &mut ledger,
+            &mut job(1, &[], Some("c/1/op-0.state")),
+        )
+        .await
+        .unwrap();
         assert_eq!((files.len(), bytes), (1, files[0].1.size));
         assert!(bytes > 4, "the encoded file, not the blobs alone");
         assert_eq!(
@@ -242,10 +208,10 @@ mod tests {
             Some(FileContents::new([0, 3], 0)),
             "the manifest learns what the file holds"
         );
-        let (files, _) = run(
+        let (files, _) = upload(
             &store,
             &mut ledger,
-            job(2, &["c/1/op-0.state"], Some("c/2/op-0.state")),
+            &mut job(2, &["c/1/op-0.state"], Some("c/2/op-0.state")),
         )
         .await
         .unwrap();
@@ -255,7 +221,7 @@ mod tests {
             ["c/1/op-0.state", "c/2/op-0.state"],
             "base first, then own"
         );
-        let err = run(&store, &mut ledger, job(3, &["c/9/op-0.state"], None))
+        let err = upload(&store, &mut ledger, &mut job(3, &["c/9/op-0.state"], None))
             .await
             .unwrap_err();
         assert!(
@@ -263,11 +229,13 @@ mod tests {
             "{err}"
         );
         // Chain moved on to 2 only: 1 leaves the ledger.
-        run(&store, &mut ledger, job(4, &["c/2/op-0.state"], None))
+        upload(&store, &mut ledger, &mut job(4, &["c/2/op-0.state"], None))
             .await
             .unwrap();
-        assert!(run(&store, &mut ledger, job(5, &["c/1/op-0.state"], None))
-            .await
-            .is_err());
+        assert!(
+            upload(&store, &mut ledger, &mut job(5, &["c/1/op-0.state"], None))
+                .await
+                .is_err()
+        );
     }
 }
