@@ -16,7 +16,7 @@ use crate::control::{ControlSender, CoordinatorEvent, SnapshotRequest, TaskId};
 use crate::coordinator::{
     run_coordinator, AttemptEnd, CompletedSnapshot, CoordinatorError, CoordinatorSetup, JobProgress,
 };
-use crate::keygroup::key_group_range;
+use crate::keygroup::{key_group_range, key_groups_of_subtasks};
 use crate::operator::OperatorContext;
 use crate::restore::{DownloadSummary, RestoreData, RestoreError, RestoreScope, RestoreView};
 use crate::stream::JobGraph;
@@ -196,18 +196,13 @@ pub fn start(
     };
     // The key groups of those subtasks: a restore downloads only the files holding them.
     let scope = match &placement {
-        Some((cluster, pl)) => {
-            let subtasks = pl.subtasks_of(cluster.worker());
-            let first = key_group_range(subtasks.start, config.max_parallelism, p);
-            let last = key_group_range(
-                subtasks.end.saturating_sub(1).max(subtasks.start),
+        Some((cluster, pl)) => RestoreScope {
+            key_groups: key_groups_of_subtasks(
+                pl.subtasks_of(cluster.worker()),
                 config.max_parallelism,
                 p,
-            );
-            RestoreScope {
-                key_groups: first.start..last.end.max(first.start),
-            }
-        }
+            ),
+        },
         None => RestoreScope::everything(config.max_parallelism),
     };
     let restore_data = match &spec.restore {

@@ -27,6 +27,18 @@ pub fn key_group_range(subtask: u32, max_parallelism: u32, parallelism: u32) -> 
     (start as u32)..(end as u32)
 }
 
+/// The key groups owned by a block of consecutive `subtasks` of `parallelism` (a worker's share).
+pub fn key_groups_of_subtasks(
+    subtasks: Range<u32>,
+    max_parallelism: u32,
+    parallelism: u32,
+) -> Range<u32> {
+    // Subtask `s` starts where `s - 1` ends; `parallelism` itself starts at `max_parallelism`.
+    let start = key_group_range(subtasks.start, max_parallelism, parallelism).start;
+    let end = key_group_range(subtasks.end, max_parallelism, parallelism).start;
+    start..end.max(start)
+}
+
 /// True when two key group ranges share a key group.
 pub fn ranges_overlap(a: &Range<u32>, b: &Range<u32>) -> bool {
     a.start < b.end && b.start < a.end
@@ -81,6 +93,28 @@ mod tests {
             "{counts:?}"
         );
         assert!(key_group_of("auction-7", 128) < 128);
+    }
+
+    #[test]
+    fn a_block_of_subtasks_owns_the_union_of_their_ranges() {
+        for (max, p) in [(128u32, 4u32), (7, 3), (1000, 13)] {
+            for start in 0..=p {
+                for end in start..=p {
+                    let union = (start..end)
+                        .map(|s| key_group_range(s, max, p))
+                        .reduce(|a, b| a.start..b.end)
+                        .unwrap_or(
+                            key_group_range(start, max, p).start
+                                ..key_group_range(start, max, p).start,
+                        );
+                    assert_eq!(
+                        key_groups_of_subtasks(start..end, max, p),
+                        union,
+                        "max {max} p {p} {start}..{end}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
