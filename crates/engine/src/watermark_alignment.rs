@@ -97,6 +97,12 @@ impl AlignmentHub {
         self.update_interval
     }
 
+    /// When this process sends its watermark table to the others (`None`: nothing is aligned).
+    pub fn report_pacer(&self) -> Option<ReportPacer> {
+        self.update_interval
+            .map(|interval| ReportPacer::new(interval, self.report_step_ms()))
+    }
+
     /// A report also goes out as soon as a watermark moved this far (event-time ms): a quarter of
     /// the smallest drift of any group.
     pub fn report_step_ms(&self) -> i64 {

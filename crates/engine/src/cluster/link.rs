@@ -216,12 +216,12 @@ impl ClusterNode {
             outs.push(out_tx);
             writers_done.push(done_rx);
         }
-        if let Some(interval) = hub.update_interval() {
+        if let Some(pacer) = hub.report_pacer() {
             let outs = outs.clone();
             let ended = Arc::clone(&ended);
             std::thread::Builder::new()
                 .name("align-broadcast".into())
-                .spawn(move || broadcast_watermarks(&hub, interval, &outs, &ended))?;
+                .spawn(move || broadcast_watermarks(&hub, pacer, &outs, &ended))?;
         }
         Ok((
             senders,
@@ -322,11 +322,10 @@ fn read_member(
 /// Worker 0: send every worker the watermark table when a report is due, until the attempt ended.
 fn broadcast_watermarks(
     hub: &AlignmentHub,
-    interval: Duration,
+    mut pacer: ReportPacer,
     outs: &[Sender<ToMember>],
     ended: &AtomicBool,
 ) {
-    let mut pacer = ReportPacer::new(interval, hub.report_step_ms());
     loop {
         std::thread::sleep(ALIGNMENT_POLL);
         if ended.load(Ordering::SeqCst) {
@@ -351,12 +350,12 @@ fn broadcast_watermarks(
 
 /// Other workers: forward the tasks' events and, when a report is due, the local watermarks.
 fn forward_events(mut stream: TcpStream, events: &Receiver<CoordinatorEvent>, hub: &AlignmentHub) {
-    let ticks = hub
-        .update_interval()
-        .map_or_else(never, |_| tick(ALIGNMENT_POLL));
-    let mut pacer = hub
-        .update_interval()
-        .map(|interval| ReportPacer::new(interval, hub.report_step_ms()));
+    let mut pacer = hub.report_pacer();
+    let ticks = if pacer.is_some() {
+        tick(ALIGNMENT_POLL)
+    } else {
+        never()
+    };
     loop {
         let event = select! {
             recv(events) -> event => match event {
