@@ -163,12 +163,14 @@ fn three_workers_commit_exactly_the_single_process_output() {
         assert!(code.success(), "a worker failed: {code:?}");
     }
     assert_eq!(output_lines(&dir.join("out")), expected);
-    // Every worker's sources waited for the others' watermarks to arrive over the control links
-    // (until the first report a remote subtask counts as "no watermark yet"), and no source read
-    // beyond the drift (the 1 s window) plus one batch (1,024 events of a subtask with at least one
-    // of the 8 splits: at most 8,192 event indices of 100 µs).
+    // Sources waited for the others' watermarks to arrive over the control links: until a remote
+    // subtask's first report arrives it counts as "no watermark yet", so the worker whose source
+    // emits the first watermark of the attempt always pauses (reports go out within milliseconds
+    // now, so a worker that starts later may find the others' watermarks already there and never
+    // pause). And no source read beyond the drift (the 1 s window) plus one batch (1,024 events of
+    // a subtask with at least one of the 8 splits: at most 8,192 event indices of 100 µs).
     assert!(
-        pauses.iter().all(|&p| p > 0),
+        pauses.iter().any(|&p| p > 0),
         "pauses per worker: {pauses:?}"
     );
     assert!(max_drift_ms <= 1_000 + 820, "drift {max_drift_ms} ms");
