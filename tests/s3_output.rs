@@ -182,4 +182,15 @@ fn s3_output_after_a_kill_a_savepoint_and_a_rescale_equals_a_folder_run() {
     let actual = server.lines(output);
     assert_eq!(actual.len(), expected.len(), "lines lost or duplicated");
     assert_eq!(actual, expected);
+
+    // Every attempt's journal of open uploads is gone: the killed one's was handled (its orphaned
+    // uploads aborted) by attempt 2, the others were deleted when their input ended.
+    let journals = server
+        .data
+        .path()
+        .join("root/results/windowed-count/run-1/.uploads");
+    let left: Vec<_> = std::fs::read_dir(&journals)
+        .map(|entries| entries.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "upload journals left behind: {left:?}");
 }

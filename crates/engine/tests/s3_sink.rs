@@ -267,3 +267,128 @@ fn a_restored_attempt_commits_pending_uploads_and_rolls_back_later_output() {
         );
     }
 }
+
+/// Multipart uploads the server holds open (s3s-fs keeps one `.upload-<id>.json` per upload in its
+/// data root until the upload is completed or aborted).
+fn open_uploads(server: &S3Server) -> usize {
+    std::fs::read_dir(server.data.path().join("root"))
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            let name = name.to_string_lossy();
+            name.starts_with(".upload-") && name.ends_with(".json")
+        })
+        .count()
+}
+
+/// Keys of the upload journals under the output prefix.
+fn journals(server: &S3Server) -> Vec<String> {
+    let folder = server
+        .data
+        .path()
+        .join("root")
+        .join(BUCKET)
+        .join("job/.uploads");
+    let mut names: Vec<String> = std::fs::read_dir(folder)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn the_next_attempt_aborts_the_uploads_a_killed_attempt_left_incomplete() {
+    let server = S3Server::start(&[BUCKET]);
+    let output = server.output("job");
+    // Attempt 1, parallelism 2. Checkpoint 5 completes; only subtask 0 hears of it before the
+    // crash. Checkpoints 6 (both subtasks) and 7 (subtask 1) were pre-committed and never complete.
+    let mut restored = Vec::new();
+    let mut orphans = Vec::new();
+    for subtask in 0..2u32 {
+        let mut sink = sink(&output, MIN_PART_SIZE);
+        sink.open(&ctx(subtask, 2, 1, None)).unwrap();
+        let first = u64::from(subtask) * 1000;
+        write(&mut sink, first..first + 100);
+        let snapshot = sink.snapshot(&barrier(5)).unwrap();
+        if subtask == 0 {
+            sink.notify_checkpoint_complete(5).unwrap();
+        }
+        restored.extend(snapshot.list);
+        write(&mut sink, first + 100..first + 200);
+        orphans.extend(pending_of(&mut sink, 6));
+        if subtask == 1 {
+            write(&mut sink, first + 200..first + 300);
+            orphans.extend(pending_of(&mut sink, 7));
+        }
+        // The worker is killed: the sink is dropped without any further call.
+    }
+    // Each snapshot lists every upload not completed yet: keep each orphan once.
+    let mut orphans: Vec<_> = orphans
+        .into_iter()
+        .filter(|p| p.checkpoint_id > 5)
+        .collect();
+    orphans.sort_by(|a, b| a.upload_id.cmp(&b.upload_id));
+    orphans.dedup();
+    assert_eq!(orphans.len(), 3);
+    assert_eq!(
+        open_uploads(&server),
+        4,
+        "5 of subtask 1 and the three orphans"
+    );
+    assert_eq!(
+        journals(&server),
+        [
+            "attempt-000001-subtask-0000.json",
+            "attempt-000001-subtask-0001.json"
+        ]
+    );
+
+    // Attempt 2 at parallelism 1 restores checkpoint 5: subtask 1's pending commit of 5 is
+    // completed, the uploads of 6 and 7 are aborted, the old journals are gone.
+    let mut sink = sink(&output, MIN_PART_SIZE);
+    let state = RestoredState {
+        list: restored,
+        ..RestoredState::default()
+    };
+    sink.restore(&ctx(0, 1, 2, Some(5)), state).unwrap();
+    sink.open(&ctx(0, 1, 2, Some(5))).unwrap();
+    assert_eq!(open_uploads(&server), 0, "incomplete uploads left behind");
+    assert_eq!(journals(&server), Vec::<String>::new());
+    // Through the API too (one is enough: a gone upload takes the commit's patience to report).
+    match output.complete(&orphans[0]) {
+        Err(S3SinkError::UploadGone { .. }) => {}
+        other => panic!("the upload of {} is still there: {other:?}", orphans[0].key),
+    }
+    let keys: Vec<String> = output
+        .committed()
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(
+        keys,
+        ["job/part-0000000005-0000", "job/part-0000000005-0001"]
+    );
+
+    // Attempt 2 goes on to its end: its own journal is written at the pre-commit and deleted
+    // once the input ended and everything is committed.
+    write(&mut sink, 5000..5100);
+    sink.snapshot(&barrier(6)).unwrap();
+    assert_eq!(journals(&server), ["attempt-000002-subtask-0000.json"]);
+    sink.notify_checkpoint_complete(6).unwrap();
+    sink.end_of_input(
+        streamjob_engine::types::EndOfStream::Drained,
+        &mut Output::default(),
+    )
+    .unwrap();
+    assert_eq!(journals(&server), Vec::<String>::new());
+    assert_eq!(open_uploads(&server), 0);
+    assert_eq!(
+        String::from_utf8(output.read("job/part-0000000006-0000").unwrap()).unwrap(),
+        lines(5000..5100)
+    );
+}

@@ -16,6 +16,9 @@
 //! 5. Open after a restore: objects committed after the restore point are deleted (the replay writes
 //!    them again). Each subtask deletes its own keys; subtask 0 also those of subtasks beyond the
 //!    current parallelism (rescaled down).
+//! 6. Uploads a killed attempt left incomplete are aborted at open by the next attempt, from the
+//!    journal of open uploads each subtask keeps next to its output (`s3_sink/journal.rs`; one
+//!    small object per subtask, rewritten at each pre-commit, deleted when the input ends).
 //!
 //! Blocking: `OperatorContext` carries no runtime handle and a snapshot is returned synchronously
 //! (the task acknowledges the checkpoint right after uploading it), so the network calls run on a
@@ -25,11 +28,14 @@
 //! key names the checkpoint, known only then. The sink must not be driven from inside a tokio runtime.
 //!
 //! This file holds the operator; `s3_sink/output.rs` the S3 side (output, keys, listing, rollback,
-//! errors, runtime) and `s3_sink/upload.rs` the pre-commit and commit requests.
+//! errors, runtime), `s3_sink/upload.rs` the pre-commit and commit requests and
+//! `s3_sink/journal.rs` the journal of open uploads.
 //!
-//! Not done here: incomplete uploads of a crashed worker are not listed and aborted (s3s-fs has no
-//! `ListMultipartUploads`); give the bucket an `AbortIncompleteMultipartUpload` lifecycle rule.
+//! A worker killed between starting an upload and recording it in the journal leaves that upload
+//! behind: give the bucket an `AbortIncompleteMultipartUpload` lifecycle rule as a backstop (longer
+//! than a checkpoint takes to complete).
 
+mod journal;
 mod output;
 mod upload;
 
@@ -41,6 +47,7 @@ use std::time::Duration;
 use aws_sdk_s3::error::DisplayErrorContext;
 use bytes::Bytes;
 
+pub use journal::{journal_key, parse_journal_key, Journal, JournalEntry};
 pub use output::{object_key, parse_object_key, CommittedObject, S3Output, S3SinkError};
 pub use streamjob_checkpoint::url::S3Options;
 pub use upload::{PendingUpload, UploadedPart};
@@ -75,9 +82,12 @@ pub struct S3Sink<T, F> {
     format: F,
     part_size: usize,
     subtask: u32,
+    attempt: u64,
     operator_id: String,
     current: Option<InProgress>,
     pending: Vec<PendingUpload>,
+    /// The input ended: once nothing is pending, the journal goes.
+    ended: bool,
     line: String,
     _t: std::marker::PhantomData<fn(&T)>,
 }
@@ -129,31 +139,45 @@ impl<T, F: Fn(&T, &mut String) + Send> S3Sink<T, F> {
             })?
             .to_owned();
         let size = source.len();
-        let uploaded = upload_parts(
-            &client,
-            &bucket,
-            &key,
-            &upload_id,
-            &source,
-            self.part_size as u64,
-        );
+        let mut upload = PendingUpload {
+            checkpoint_id,
+            bucket,
+            key,
+            upload_id,
+            parts: Vec::new(),
+            size,
+        };
+        // Journal first, parts then: a killed worker's upload is found and aborted by the next
+        // attempt (the journal lists every upload not completed yet, this one included).
+        let uploaded = self.journal_with(&upload).and_then(|()| {
+            upload_parts(
+                &client,
+                &upload.bucket,
+                &upload.key,
+                &upload.upload_id,
+                &source,
+                self.part_size as u64,
+            )
+        });
+        let PendingUpload {
+            bucket,
+            key,
+            upload_id,
+            ..
+        } = &upload;
         match uploaded {
-            Ok(parts) => Ok(Some(PendingUpload {
-                checkpoint_id,
-                bucket,
-                key,
-                upload_id,
-                parts,
-                size,
-            })),
+            Ok(parts) => {
+                upload.parts = parts;
+                Ok(Some(upload))
+            }
             Err(e) => {
                 // Best effort: an abandoned upload only costs storage until a lifecycle rule.
                 let aborted = block_on(
                     client
                         .abort_multipart_upload()
-                        .bucket(&bucket)
-                        .key(&key)
-                        .upload_id(&upload_id)
+                        .bucket(bucket)
+                        .key(key)
+                        .upload_id(upload_id)
                         .send(),
                 );
                 if let Ok(Err(abort)) = aborted {
@@ -162,6 +186,23 @@ impl<T, F: Fn(&T, &mut String) + Send> S3Sink<T, F> {
                 Err(e)
             }
         }
+    }
+
+    /// Deletes this subtask's journal once the input ended and every upload is completed.
+    fn delete_journal_if_done(&self) -> Result<(), OperatorError> {
+        if !self.ended || !self.pending.is_empty() {
+            return Ok(());
+        }
+        self.output
+            .write_journal(self.attempt, self.subtask, &[])
+            .map_err(self.err())
+    }
+
+    /// Rewrites this subtask's journal: the pending uploads and `new`.
+    fn journal_with(&self, new: &PendingUpload) -> Result<(), S3SinkError> {
+        let mut open = self.pending.clone();
+        open.push(new.clone());
+        self.output.write_journal(self.attempt, self.subtask, &open)
     }
 }
 impl<T: Send, F: Fn(&T, &mut String) + Send> StreamOperator<T, ()> for S3Sink<T, F> {
@@ -191,6 +232,7 @@ impl<T: Send, F: Fn(&T, &mut String) + Send> StreamOperator<T, ()> for S3Sink<T,
 
     fn open(&mut self, ctx: &OperatorContext) -> Result<(), OperatorError> {
         self.subtask = ctx.subtask;
+        self.attempt = ctx.attempt;
         self.operator_id = ctx.operator_id.clone();
         // Roll back output committed after the restore point (a skipped corrupt checkpoint, or an
         // attempt that started over): the replay writes it again.
@@ -201,7 +243,21 @@ impl<T: Send, F: Fn(&T, &mut String) + Send> StreamOperator<T, ()> for S3Sink<T,
         };
         self.output
             .roll_back(keep_up_to, ctx.subtask, ctx.parallelism)
-            .map_err(self.err())
+            .map_err(self.err())?;
+        let aborted = self
+            .output
+            .abort_orphaned_uploads(keep_up_to, ctx.attempt, ctx.subtask, ctx.parallelism)
+            .map_err(self.err())?;
+        if aborted > 0 {
+            tracing::info!(
+                operator = self.operator_id,
+                subtask = self.subtask,
+                aborted,
+                restored_checkpoint = keep_up_to,
+                "aborted multipart uploads earlier attempts left incomplete"
+            );
+        }
+        Ok(())
     }
 
     fn process_batch(&mut self, batch: Vec<T>, _out: &mut Output<()>) -> Result<(), OperatorError> {
@@ -259,7 +315,7 @@ impl<T: Send, F: Fn(&T, &mut String) + Send> StreamOperator<T, ()> for S3Sink<T,
             self.pending.extend(ready);
             return Err(e.into_operator(&self.operator_id));
         }
-        Ok(())
+        self.delete_journal_if_done()
     }
 
     fn end_of_input(
@@ -268,6 +324,8 @@ impl<T: Send, F: Fn(&T, &mut String) + Send> StreamOperator<T, ()> for S3Sink<T,
         _out: &mut Output<()>,
     ) -> Result<(), OperatorError> {
         // Sources end only after the final (or stop) checkpoint: nothing is left to write.
+        self.ended = true;
+        self.delete_journal_if_done()?;
         if let Some(current) = self.current.take() {
             if current.records > 0 {
                 tracing::warn!(

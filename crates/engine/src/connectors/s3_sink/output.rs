@@ -13,6 +13,7 @@ use streamjob_checkpoint::s3_config::S3Config;
 use streamjob_checkpoint::url::{S3Options, StoreUrl, UrlError};
 use streamjob_checkpoint::{S3Store, StoreError};
 
+use super::journal::{handles_journal, journal_key, journal_prefix, parse_journal_key, Journal};
 use super::upload::PendingUpload;
 use super::{S3Sink, PART_SIZE};
 use crate::operator::OperatorError;
@@ -111,7 +112,7 @@ pub fn object_key(prefix: &str, checkpoint_id: u64, subtask: u32) -> String {
 }
 
 /// `prefix/` ("" for the bucket root).
-fn key_root(prefix: &str) -> String {
+pub(super) fn key_root(prefix: &str) -> String {
     let prefix = prefix.trim_matches('/');
     if prefix.is_empty() {
         String::new()
@@ -234,8 +235,10 @@ impl S3Output {
             part_size: PART_SIZE,
             subtask: 0,
             operator_id: String::new(),
+            attempt: 0,
             current: None,
             pending: Vec::new(),
+            ended: false,
             line: String::new(),
             _t: std::marker::PhantomData,
         }
@@ -352,5 +355,140 @@ impl S3Output {
             );
         }
         Ok(())
+    }
+
+    /// Records `pending` as the open uploads of `subtask` in `attempt` (an empty list deletes the
+    /// journal). Blocks.
+    pub(super) fn write_journal(
+        &self,
+        attempt: u64,
+        subtask: u32,
+        pending: &[PendingUpload],
+    ) -> Result<(), S3SinkError> {
+        let client = self.client()?;
+        let key = journal_key(self.prefix(), attempt, subtask);
+        let location = format!("s3://{}/{key}", self.bucket());
+        if pending.is_empty() {
+            block_on(
+                client
+                    .delete_object()
+                    .bucket(self.bucket())
+                    .key(&key)
+                    .send(),
+            )?
+            .map_err(|e| S3SinkError::request("delete the upload journal", &location, e))?;
+            return Ok(());
+        }
+        let body = serde_json::to_vec(&Journal::of(pending)).map_err(|e| S3SinkError::Request {
+            op: "encode the upload journal",
+            location: location.clone(),
+            detail: e.to_string(),
+        })?;
+        block_on(
+            client
+                .put_object()
+                .bucket(self.bucket())
+                .key(&key)
+                .content_type("application/json")
+                .body(body.into())
+                .send(),
+        )?
+        .map_err(|e| S3SinkError::request("write the upload journal", &location, e))?;
+        Ok(())
+    }
+
+    /// Aborts the uploads that older attempts' journals list for checkpoints after `keep_up_to`,
+    /// for the journals `subtask` handles, and deletes those journals. Returns how many uploads
+    /// were aborted. Best effort per upload: an upload that cannot be aborted for another reason
+    /// than being gone keeps its journal for the next attempt, with a warning. Blocks.
+    pub fn abort_orphaned_uploads(
+        &self,
+        keep_up_to: u64,
+        attempt: u64,
+        subtask: u32,
+        parallelism: u32,
+    ) -> Result<usize, S3SinkError> {
+        let client = self.client()?;
+        let bucket = self.bucket();
+        let list_prefix = journal_prefix(self.prefix());
+        let listing = format!("s3://{bucket}/{list_prefix}*");
+        let journals: Vec<String> = block_on(async {
+            let mut pages = client
+                .list_objects_v2()
+                .bucket(bucket)
+                .prefix(&list_prefix)
+                .into_paginator()
+                .send();
+            let mut keys = Vec::new();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| S3SinkError::request("list", &listing, e))?;
+                keys.extend(
+                    page.contents()
+                        .iter()
+                        .filter_map(|o| o.key())
+                        .filter(|key| {
+                            parse_journal_key(self.prefix(), key).is_some_and(|owner| {
+                                handles_journal(owner, attempt, subtask, parallelism)
+                            })
+                        })
+                        .map(str::to_owned),
+                );
+            }
+            Ok::<_, S3SinkError>(keys)
+        })??;
+        let mut aborted = 0;
+        for key in journals {
+            let location = format!("s3://{bucket}/{key}");
+            let journal: Journal = match serde_json::from_slice(&self.read(&key)?) {
+                Ok(journal) => journal,
+                Err(e) => {
+                    // Not ours to interpret: leave it, say so, abort nothing.
+                    tracing::warn!(journal = location, error = %e, "unreadable upload journal left in place");
+                    continue;
+                }
+            };
+            let mut all_done = true;
+            for upload in journal.orphans(keep_up_to) {
+                let object = format!("s3://{bucket}/{}", upload.key);
+                let result = block_on(
+                    client
+                        .abort_multipart_upload()
+                        .bucket(bucket)
+                        .key(&upload.key)
+                        .upload_id(&upload.upload_id)
+                        .send(),
+                )?;
+                match result {
+                    Ok(_) => {
+                        aborted += 1;
+                        tracing::info!(
+                            object,
+                            upload_id = upload.upload_id,
+                            checkpoint = upload.checkpoint_id,
+                            "aborted a multipart upload an earlier attempt left behind"
+                        );
+                    }
+                    // Gone already (completed, or aborted by someone else): AWS answers
+                    // NoSuchUpload, s3s-fs AccessDenied for an upload id it does not know.
+                    Err(e) if matches!(e.code(), Some("NoSuchUpload" | "AccessDenied")) => {
+                        tracing::debug!(
+                            object,
+                            upload_id = upload.upload_id,
+                            code = e.code(),
+                            "upload already gone"
+                        );
+                    }
+                    Err(e) => {
+                        all_done = false;
+                        tracing::warn!(object, upload_id = upload.upload_id, error = %S3SinkError::request("abort the upload of", &object, e), "failed to abort a multipart upload an earlier attempt left behind; the next attempt tries again");
+                    }
+                }
+            }
+            if all_done {
+                block_on(client.delete_object().bucket(bucket).key(&key).send())?
+                    .map_err(|e| S3SinkError::request("delete the upload journal", &location, e))?;
+            }
+        }
+        Ok(aborted)
     }
 }
