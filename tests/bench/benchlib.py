@@ -9,6 +9,7 @@ import json
 import os
 import pathlib
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -66,12 +67,12 @@ def supports_stats_json(binary):
     return "--stats-json" in out.stdout + out.stderr
 
 
-def _timed(cmd, work):
+def _timed(cmd, work, env=None):
     """Run cmd under /usr/bin/time; returns (completed process, wall seconds, peak RSS KiB)."""
     rss = work / "rss"
     started = time.monotonic()
     proc = subprocess.run([TIME, "-f", "%M", "-o", str(rss)] + cmd, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+                          stderr=subprocess.PIPE, text=True, env=env)
     wall = time.monotonic() - started
     try:
         peak = int(rss.read_text().strip().splitlines()[-1])
@@ -84,8 +85,74 @@ def _tail(text, lines=15):
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def job_yaml(job, events, parallelism, interval, output, snapshots, sink="file"):
-    """A StreamJob manifest for local mode, as in tests/bench/local.sh. sink: file | discard."""
+class S3Server:
+    """A real S3-protocol server on this machine for the rows with snapshots in S3: an s3s-fs
+    process (tests/tools/install-s3s-fs.sh, or $S3S_FS_BIN) serving a temporary folder, one
+    bucket. Use as a context manager; `storage()` is the manifest's spec.storage and `env()` the
+    credentials a `streamjob run` reads from the environment."""
+
+    ACCESS_KEY, SECRET_KEY, BUCKET = "bench-access", "bench-secret", "snapshots"
+
+    def __init__(self):
+        self.root = pathlib.Path(tempfile.mkdtemp(prefix="bench-s3-"))
+        self.proc = None
+        self.port = None
+        self.prefixes = 0
+
+    @staticmethod
+    def binary():
+        if os.environ.get("S3S_FS_BIN"):
+            return os.environ["S3S_FS_BIN"]
+        proc = subprocess.run(["bash", str(REPO / "tests" / "tools" / "install-s3s-fs.sh")],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RunFailed(f"s3s-fs is not installed: {_tail(proc.stderr)}")
+        return proc.stdout.strip().splitlines()[-1]
+
+    def __enter__(self):
+        (self.root / "data" / self.BUCKET).mkdir(parents=True)  # s3s-fs: a bucket is a folder
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        log = open(self.root / "s3s-fs.log", "w")
+        self.proc = subprocess.Popen([self.binary(), "--host", "127.0.0.1", "--port", str(self.port),
+                                      "--access-key", self.ACCESS_KEY, "--secret-key", self.SECRET_KEY,
+                                      str(self.root / "data")], stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        self.__exit__(None, None, None)
+        raise RunFailed(f"s3s-fs did not start listening on port {self.port}")
+
+    def __exit__(self, *exc):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def storage(self):
+        """spec.storage for one run: a fresh prefix in the bucket, so runs never see each other."""
+        self.prefixes += 1
+        return (f"{{s3: {{bucket: {self.BUCKET}, prefix: run-{self.prefixes}, region: us-east-1, "
+                f"endpoint: 'http://127.0.0.1:{self.port}', forcePathStyle: true}}}}")
+
+    def env(self):
+        return dict(os.environ, AWS_ACCESS_KEY_ID=self.ACCESS_KEY, AWS_SECRET_ACCESS_KEY=self.SECRET_KEY)
+
+    def drop(self):
+        """Delete the stored snapshots of finished runs (s3s-fs keeps objects as plain files)."""
+        for child in (self.root / "data" / self.BUCKET).iterdir():
+            shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
+
+
+def job_yaml(job, events, parallelism, interval, output, snapshots, sink="file", storage=None):
+    """A StreamJob manifest for local mode, as in tests/bench/local.sh. sink: file | discard.
+    storage: spec.storage as YAML flow text (default: the local folder `snapshots`)."""
     return f"""apiVersion: streamjob.io/v1alpha1
 kind: StreamJob
 metadata: {{name: bench}}
@@ -93,7 +160,7 @@ spec:
   parallelism: {parallelism}
   job: {{name: {job}, params: {{events: {events}, output: {output}, sink: {sink}}}}}
   checkpoint: {{interval: {interval}}}
-  storage: {{path: {snapshots}}}
+  storage: {storage or '{path: ' + str(snapshots) + '}'}
 """
 
 
@@ -111,10 +178,11 @@ def _manifest_checkpoints(snapshots):
 
 
 def run_streamjob(binary, query, events, parallelism, checkpoint_ms, stats_json, keep_output=None,
-                  sink="file"):
+                  sink="file", s3=None):
     """One run of nexmark-<query> in local mode. checkpoint_ms None = 'off', which our manifest
     expresses as a 1 h interval (only the final checkpoint of a bounded job is taken).
-    sink: file (the exactly-once file sink) or discard (like Flink's DiscardingSink)."""
+    sink: file (the exactly-once file sink) or discard (like Flink's DiscardingSink).
+    s3: an S3Server to keep the snapshots in (default: a local folder)."""
     work = pathlib.Path(tempfile.mkdtemp(prefix="bench-sj-"))
     try:
         output = pathlib.Path(keep_output) if keep_output else work / "out"
@@ -123,11 +191,15 @@ def run_streamjob(binary, query, events, parallelism, checkpoint_ms, stats_json,
         if keep_output:
             sink = "file"
         manifest.write_text(job_yaml(f"nexmark-{query}", events, parallelism, interval, output,
-                                     work / "snap", sink))
+                                     work / "snap", sink, s3.storage() if s3 else None))
         cmd = [binary, "run", str(manifest), "--quiet"]
         if stats_json:
             cmd += ["--stats-json", str(work / "stats.json")]
-        proc, wall, peak = _timed(cmd, work)
+        try:
+            proc, wall, peak = _timed(cmd, work, s3.env() if s3 else None)
+        finally:
+            if s3:
+                s3.drop()
         if proc.returncode != 0:
             err = proc.stderr + proc.stdout
             if "unknown job" in err:

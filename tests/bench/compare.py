@@ -15,7 +15,7 @@ the hashmap and the RocksDB state backends, R times each, interleaved, and repor
 
 Writes tests/bench/results/latest.md (and latest.json, PNG charts) and prints the table.
 
-  tests/bench/compare.py                 # the full run (Flink side alone: about 35 min on 2 cores)
+  tests/bench/compare.py                 # the full run (about 45 min on 2 cores)
   tests/bench/compare.py --quick         # CI smoke: small counts, 1 run, p=2 only, < 5 min
   tests/bench/compare.py --runs 5 --queries q0,q5 --parallelism 2 --bin target/release/streamjob
 
@@ -25,6 +25,7 @@ Flink side runs and our columns say so. A job our binary does not have yet shows
 """
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -44,7 +45,11 @@ import benchlib  # noqa: E402
 
 SIMPLE = ("q0", "q1", "q2")
 SYSTEMS = ("streamjob", "flink-hashmap", "flink-rocksdb")
-LABEL = {"streamjob": "streamjob", "flink-hashmap": "Flink hashmap", "flink-rocksdb": "Flink RocksDB"}
+# Extra rows: our side with its snapshots in S3 (an s3s-fs server on this machine); only with
+# checkpoints on, and never charted (Flink has no S3 here to compare with).
+S3_SYSTEM = "streamjob-s3"
+LABEL = {"streamjob": "streamjob", "flink-hashmap": "Flink hashmap", "flink-rocksdb": "Flink RocksDB",
+         S3_SYSTEM: "streamjob, snapshots in S3"}
 
 
 def reexec_in_venv():
@@ -138,7 +143,9 @@ def ckpt_label(ms):
     return "off" if ms is None else f"{ms / 1000:g} s"
 
 
-def run_matrix(args, binary, stats_json, log):
+def run_matrix(args, binary, stats_json, log, s3=None):
+    """Every configuration, the systems interleaved within each repetition. s3: an S3Server for the
+    extra rows of our side with snapshots in S3 (None: not run)."""
     results = {}
     loads = []
     for q in args.queries:
@@ -146,12 +153,13 @@ def run_matrix(args, binary, stats_json, log):
         for p in args.parallelism:
             for ck in args.checkpoints:
                 key = (q, p, ck)
-                runs = {s: [] for s in SYSTEMS}
+                systems = SYSTEMS + ((S3_SYSTEM,) if s3 is not None and ck is not None else ())
+                runs = {s: [] for s in systems}
                 status = {}
                 if not binary:
-                    status["streamjob"] = "no binary"
+                    status["streamjob"] = status[S3_SYSTEM] = "no binary"
                 for rep in range(args.runs):
-                    for system in SYSTEMS:
+                    for system in systems:
                         if system in status:
                             continue
                         if system == "flink-rocksdb" and ck is None and not args.rocksdb_off:
@@ -160,9 +168,10 @@ def run_matrix(args, binary, stats_json, log):
                         loads.append(os.getloadavg()[0])
                         tag = f"{q} p={p} checkpoints {ckpt_label(ck)} {LABEL[system]} run {rep + 1}/{args.runs}"
                         try:
-                            if system == "streamjob":
+                            if system in ("streamjob", S3_SYSTEM):
                                 r = benchlib.run_streamjob(binary, q, events, p, ck, stats_json,
-                                                           sink="file" if args.flink_file_sink else "discard")
+                                                           sink="file" if args.flink_file_sink else "discard",
+                                                           s3=s3 if system == S3_SYSTEM else None)
                             else:
                                 r = benchlib.run_flink(q, events, p, ck, system.split("-")[1],
                                                        file_sink=args.flink_file_sink)
@@ -178,7 +187,7 @@ def run_matrix(args, binary, stats_json, log):
                         s = summarize_run(r)
                         log(f"{tag}: {fmt_eps(s['eps'])} events/s, {s['ckpts']} checkpoints, "
                             f"p50 {fmt_ms(s['ckptP50'])}, peak RSS {fmt_rss(s['rss'])}")
-                results[key] = {s: status.get(s) or runs[s] for s in SYSTEMS}
+                results[key] = {s: status.get(s) or runs[s] for s in systems}
                 results[key]["events"] = events
     return results, loads
 
@@ -204,19 +213,37 @@ def tables(args, results):
         if ck is None:
             continue
         off = results.get((q, p, None))
-        for s in SYSTEMS:
+        for s in (s for s in SYSTEMS + (S3_SYSTEM,) if s in row):
             c = cell(row[s])
             if isinstance(c, str):
                 out.append(f"| {q} | {p} | {LABEL[s]} | {c} | | | | |")
                 continue
             cost = "–"
-            base = cell(off[s]) if off else None
+            # Our S3 rows are set against our run without checkpoints (which stores nothing
+            # periodically, wherever the snapshots would go).
+            base = cell(off["streamjob" if s == S3_SYSTEM else s]) if off else None
             if s == "flink-rocksdb" and isinstance(base, str):
                 base = None
             if isinstance(base, dict) and base.get("eps") and c.get("eps"):
                 cost = fmt_cost(1 - c["eps"] / base["eps"])
             out.append(f"| {q} | {p} | {LABEL[s]} | {c['ckpts']:.0f} | {fmt_ms(c['ckptP50'])} | "
                        f"{fmt_ms(c['ckptP99'])} | {fmt_bytes(c['sizeP50'])} | {cost} |")
+    s3_rows = [(k, row) for k, row in results.items() if S3_SYSTEM in row]
+    if s3_rows:
+        out.append("\n### streamjob with its snapshots in S3 (extra rows; medians of runs)\n")
+        out.append("Same runs as above with `spec.storage.s3` pointing at an s3s-fs server on this machine "
+                   "(S3 protocol over HTTP on localhost, objects written to the local disk by the server); "
+                   "Flink has no S3 file system here, so its rows stay on a local folder.\n")
+        out.append("| query | p | events/s, snapshots in S3 | events/s, local folder | S3 / local folder | "
+                   "S3 / Flink hashmap (local folder) | checkpoint p50 / p99 in S3 | size p50 |")
+        out.append("|---|---|---|---|---|---|---|---|")
+        for (q, p, ck), row in s3_rows:
+            c = {s: cell(row[s]) for s in SYSTEMS + (S3_SYSTEM,)}
+            s3c = c[S3_SYSTEM]
+            ckpt = "–" if isinstance(s3c, str) else f"{fmt_ms(s3c['ckptP50'])} / {fmt_ms(s3c['ckptP99'])}"
+            size = "–" if isinstance(s3c, str) else fmt_bytes(s3c["sizeP50"])
+            out.append(f"| {q} | {p} | {show(s3c, 'eps', fmt_eps)} | {show(c['streamjob'], 'eps', fmt_eps)} | "
+                       f"{ratio(s3c, c['streamjob'])} | {ratio(s3c, c['flink-hashmap'])} | {ckpt} | {size} |")
     out.append("\n### Peak RSS (median of runs)\n")
     out.append("| query | p | checkpoints | streamjob | Flink hashmap | Flink RocksDB | streamjob/Flink hashmap |")
     out.append("|---|---|---|---|---|---|---|")
@@ -375,7 +402,9 @@ def main():
     ap.add_argument("--runs", type=int, help="runs per configuration (default 3; quick: 1)")
     ap.add_argument("--queries", help="comma-separated (default q0,q1,q2,q5,q7,q8)")
     ap.add_argument("--parallelism", help="comma-separated (default 1,2; quick: 2)")
-    ap.add_argument("--events-simple", type=int, help="events for q0-q2 (default 50000000; quick: 500000)")
+    ap.add_argument("--events-simple", type=int,
+                    help="events for q0-q2 (default 200000000, so that our runs too span several 1 s "
+                         "checkpoints; quick: 500000)")
     ap.add_argument("--events-windowed", type=int, help="events for q5/q7/q8 (default 2000000; quick: 300000)")
     ap.add_argument("--rocksdb-off", action="store_true",
                     help="also run Flink RocksDB without checkpoints (default: RocksDB only with 1 s checkpoints "
@@ -384,6 +413,9 @@ def main():
                     help="both sides write their results as lines to files (Flink: plain buffered writer, not "
                          "transactional; streamjob: its exactly-once file sink) instead of the default "
                          "discarding sinks")
+    ap.add_argument("--no-s3", action="store_true",
+                    help="skip the extra rows of our side with snapshots in S3 (an s3s-fs server: "
+                         "$S3S_FS_BIN or tests/tools/install-s3s-fs.sh)")
     ap.add_argument("--bin", help="streamjob release binary (default: looked up, never built)")
     ap.add_argument("--out", default=str(HERE / "results"), help="results folder (default tests/bench/results)")
     ap.add_argument("--skip-check", action="store_true", help="skip the generator equality check")
@@ -394,7 +426,7 @@ def main():
     args.runs = args.runs or (1 if args.quick else 3)
     args.queries = (args.queries or ",".join(benchlib.QUERIES)).split(",")
     args.parallelism = [int(p) for p in (args.parallelism or ("2" if args.quick else "1,2")).split(",")]
-    args.events_simple = args.events_simple or (500_000 if args.quick else 50_000_000)
+    args.events_simple = args.events_simple or (500_000 if args.quick else 200_000_000)
     args.events_windowed = args.events_windowed or (300_000 if args.quick else 2_000_000)
     args.checkpoints = [None, 1000]
     if not args.quick:
@@ -431,7 +463,15 @@ def main():
         log(f"generator equality check: {check}")
 
     load_before = os.getloadavg()
-    results, loads = run_matrix(args, binary, stats_json, log)
+    with contextlib.ExitStack() as stack:
+        s3 = None
+        if binary and not args.no_s3:
+            try:
+                s3 = stack.enter_context(benchlib.S3Server())
+                log(f"S3 rows: s3s-fs on 127.0.0.1:{s3.port}")
+            except benchlib.RunFailed as e:
+                log(f"S3 rows not run: {e}")
+        results, loads = run_matrix(args, binary, stats_json, log, s3)
     recovery = measure_recovery(binary, 3 if args.quick else 10, log)
     log(f"recovery: {recovery}")
     load_after = os.getloadavg()
