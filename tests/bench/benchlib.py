@@ -135,10 +135,13 @@ class S3Server:
             self.proc.wait()
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def storage(self):
-        """spec.storage for one run: a fresh prefix in the bucket, so runs never see each other."""
-        self.prefixes += 1
-        return (f"{{s3: {{bucket: {self.BUCKET}, prefix: run-{self.prefixes}, region: us-east-1, "
+    def storage(self, prefix=None):
+        """spec.storage (YAML flow text) under `prefix`; by default a fresh prefix, so runs never
+        see each other's snapshots."""
+        if prefix is None:
+            self.prefixes += 1
+            prefix = f"run-{self.prefixes}"
+        return (f"{{s3: {{bucket: {self.BUCKET}, prefix: {prefix}, region: us-east-1, "
                 f"endpoint: 'http://127.0.0.1:{self.port}', forcePathStyle: true}}}}")
 
     def env(self):

@@ -5,7 +5,7 @@ live state). The `large-state` job keeps `keys` values of `value-bytes` bytes; a
 `keys` records fill the state, every record rewrites one key's value (cyclically), at `rate`.
 
   tests/bench/large_state.py [--bin target/release/streamjob] [--keys 8000000] [--rate 1000000]
-                             [--steady-seconds 30] [--runs 1] [--out FILE.md]
+                             [--steady-seconds 30] [--runs 1] [--storage folder|s3|both] [--out FILE.md]
 
 Prints a markdown table: throughput, checkpoint duration p50/p99 (steady phase: checkpoints
 after the fill), the synchronous part p50/p99 (how long the slowest task stopped processing to copy
@@ -14,11 +14,15 @@ and encode its state; the upload is asynchronous), bytes uploaded and referenced
 (before the final checkpoint a bounded run ends with); a run without periodic checkpoints gives the
 memory of the live state itself, so the RSS ratio shows what checkpoints add. Restore: a second
 run restores the first one's final checkpoint; its wall time minus its own run time. Snapshots go to a
-local folder (deleted after each run); retained: 1.
+local folder (fsync'd), or with --storage s3 to an S3-protocol server on this machine (s3s-fs, which
+writes the objects to the local disk), or both side by side; deleted after each run; retained: 1.
 """
-import argparse, json, os, pathlib, shutil, statistics, subprocess, tempfile, time
+import argparse, contextlib, json, os, pathlib, shutil, statistics, subprocess, sys, tempfile, time
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.dont_write_bytecode = True
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
 ap = argparse.ArgumentParser()
 ap.add_argument("--bin", default=str(ROOT / "target/release/streamjob"))
 ap.add_argument("--keys", type=int, default=8_000_000)
@@ -27,6 +31,8 @@ ap.add_argument("--rate", type=int, default=1_000_000)
 ap.add_argument("--steady-seconds", type=int, default=30)
 ap.add_argument("--parallelism", type=int, default=2)
 ap.add_argument("--runs", type=int, default=1)
+ap.add_argument("--storage", choices=("folder", "s3", "both"), default="folder",
+                help="where the snapshots go (s3: an s3s-fs server, $S3S_FS_BIN or tests/tools/install-s3s-fs.sh)")
 ap.add_argument("--out")
 a = ap.parse_args()
 events = a.keys + a.rate * a.steady_seconds
@@ -48,10 +54,13 @@ def rss_kib(pid):
     return 0
 
 
-def run(mode):
+def run(mode, s3=None):
+    """One run (and its restore); s3: an S3Server for the snapshots (None: a local folder)."""
     incremental = mode == "incremental"
     interval = "1h" if mode == "off" else "1s"
     w = pathlib.Path(tempfile.mkdtemp(prefix="large-state-", dir=os.environ.get("BENCH_TMP")))
+    storage = s3.storage("large-state") if s3 else f"{{path: {w}/snap}}"
+    env = s3.env() if s3 else None
     try:
         (w / "job.yaml").write_text(f"""apiVersion: streamjob.io/v1alpha1
 kind: StreamJob
@@ -60,13 +69,13 @@ spec:
   parallelism: {a.parallelism}
   job: {{name: large-state, params: {{keys: {a.keys}, value-bytes: {a.value_bytes}, events: {events}, rate: {a.rate}, sink: discard}}}}
   checkpoint: {{interval: {interval}, timeout: 10m, incremental: {str(incremental).lower()}, retained: 1}}
-  storage: {{path: {w}/snap}}
+  storage: {storage}
 """)
         # Peak RSS while the sources run (sampled every 250 ms), i.e. before the final checkpoint
         # every bounded run ends with.
         proc = subprocess.Popen([a.bin, "run", str(w / "job.yaml"), "--quiet",
                                  "--stats-json", str(w / "s.json")], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, env=env)
         started, running_peak = time.monotonic(), 0
         while proc.poll() is None:
             if time.monotonic() - started < events / a.rate:
@@ -85,7 +94,7 @@ spec:
             # the snapshot, downloading, decoding and loading the state.
             t0 = time.monotonic()
             subprocess.run([a.bin, "run", str(w / "job.yaml"), "--quiet", "--stats-json", str(w / "r.json")],
-                           check=True, capture_output=True)
+                           check=True, capture_output=True, env=env)
             wall = time.monotonic() - t0
             r = json.loads((w / "r.json").read_text())
             restore_s = wall - r["runMillis"] / 1000
@@ -96,6 +105,8 @@ spec:
                 after_restore_uploaded = first.get("uploadedBytes", first["sizeBytes"])
     finally:
         shutil.rmtree(w, ignore_errors=True)
+        if s3:
+            s3.drop()
     cps = s["checkpoints"] if mode != "off" else []
     # Steady phase: the checkpoints after the fill (the fill takes keys/rate seconds).
     fill = a.keys / a.rate
@@ -118,24 +129,31 @@ spec:
     }
 
 
-MODES = ("off", "full", "incremental")
-results = {m: [] for m in MODES}
-for _ in range(a.runs):
-    for mode in MODES:  # alternate, so a noisy neighbour slows all alike
-        results[mode].append(run(mode))
+# (label, checkpoint mode, storage) per row; "off" stores nothing periodically, so it runs once.
+MODES = [("off", "off", "folder")]
+for storage in (("folder", "s3") if a.storage == "both" else (a.storage,)):
+    suffix = "" if a.storage != "both" else f", {'S3' if storage == 's3' else 'folder'}"
+    MODES += [(f"full{suffix}", "full", storage), (f"incremental{suffix}", "incremental", storage)]
+results = {label: [] for label, _, _ in MODES}
+with benchlib.S3Server() if a.storage != "folder" else contextlib.nullcontext() as server:
+    for _ in range(a.runs):
+        for label, mode, storage in MODES:  # alternate, so a noisy neighbour slows all alike
+            results[label].append(run(mode, server if storage == "s3" else None))
 
 med = lambda rs, k: statistics.median(r[k] for r in rs if r[k] is not None)
-state_mb = med(results["full"], "last_size") / 1e6
+state_mb = med(results[MODES[1][0]], "last_size") / 1e6
 live_mib = med(results["off"], "rss_mib")
+where = {"folder": "a local folder", "s3": "S3 (s3s-fs on this machine)",
+         "both": "a local folder and to S3 (s3s-fs on this machine)"}[a.storage]
 lines = [
     f"large-state: {a.keys:,} keys x {a.value_bytes} B values, {a.rate:,} updates/s, {a.steady_seconds} s after the fill, "
-    f"p={a.parallelism}, checkpoints every 1 s to a local folder; state {state_mb:,.0f} MB (full checkpoint); medians of {a.runs}",
+    f"p={a.parallelism}, checkpoints every 1 s to {where}; state {state_mb:,.0f} MB (full checkpoint); medians of {a.runs}",
     "",
     "| checkpoints | events/s | checkpoints/run | duration p50 | p99 | max | synchronous part p50 | p99 | uploaded p50 | referenced p50 | peak RSS | RSS / no-checkpoint RSS | restore | uploaded by the checkpoint after the restore |",
     "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
 ]
 fmt = lambda v, f: "-" if v is None else f(v)
-for mode in MODES:
+for mode, _, _ in MODES:
     rs = results[mode]
     m = lambda k: med(rs, k) if any(r[k] is not None for r in rs) else None
     lines.append(
