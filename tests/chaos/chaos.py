@@ -796,6 +796,17 @@ def run_one(binary, scenario, seed, kills, workers, keep_root, outage=30, keep=F
         report, code = run.verify()
         row.update(report)
         row["ok"] = code == 0 and report.get("lost") == 0 and report.get("duplicated") == 0
+        # Killed workers leave in-progress files; later attempts delete them once their first
+        # checkpoint completes. A zombie (an older attempt still running) can write new ones after
+        # that, so only the scenarios without zombies must end with none.
+        left = sorted(f.name for f in run.out.glob(".inprogress-*")) if run.out.is_dir() else []
+        row["in_progress_left"] = len(left)
+        if left and scenario in ("kill", "corrupt"):
+            row["ok"] = False
+            row["error"] = (f"{len(left)} in-progress files of earlier attempts left in the output folder: "
+                            f"{', '.join(left[:5])}")
+        elif left:
+            run.details.append(f"in-progress files left by the zombie attempt: {len(left)}")
     except ChaosError as e:
         row["ok"] = False
         row["error"] = str(e)

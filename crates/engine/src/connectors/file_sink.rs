@@ -6,6 +6,14 @@
 //!
 //! Layout of the output folder: `part-<checkpoint id>-<subtask>` committed files (one line per
 //! record); `.inprogress-<attempt>-<subtask>-<n>` hidden files being written or awaiting commit.
+//!
+//! A killed worker leaves its in-progress files behind. When the first checkpoint of a later
+//! attempt completes, each subtask deletes the in-progress files of older attempts it cleans up
+//! (its own subtask index; subtask 0 also those beyond the current parallelism). By then every
+//! subtask has restored, so the restored checkpoint's pending files are committed already; no
+//! checkpoint of this attempt refers to an older attempt's file, and the files of checkpoints
+//! after the restore point are rolled back output. Not earlier: at open, another subtask may not
+//! have committed the pending files it restored yet.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -13,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::cleans_up;
 use crate::operator::{
     OperatorContext, OperatorError, OperatorSnapshot, Output, RestoredState, StreamOperator,
 };
@@ -32,8 +41,11 @@ pub struct FileSink<T, F> {
     dir: PathBuf,
     format: F,
     subtask: u32,
+    parallelism: u32,
     attempt: u64,
     operator_id: String,
+    /// Older attempts' in-progress files were deleted (after this attempt's first checkpoint).
+    swept: bool,
     current: Option<(String, BufWriter<File>)>,
     written_in_current: u64,
     sequence: u64,
@@ -53,8 +65,10 @@ impl<T, F: Fn(&T, &mut String) + Send> FileSink<T, F> {
             dir: dir.into(),
             format,
             subtask: 0,
+            parallelism: 1,
             attempt: 0,
             operator_id: String::new(),
+            swept: false,
             current: None,
             written_in_current: 0,
             sequence: 0,
@@ -77,6 +91,36 @@ impl<T, F: Fn(&T, &mut String) + Send> FileSink<T, F> {
                 file.checkpoint_id
             ))(e)),
         }
+    }
+
+    /// Deletes the in-progress files older attempts left that this subtask cleans up; returns how
+    /// many. Only once every subtask restored (see the module header).
+    fn sweep_older_attempts(&self) -> Result<usize, OperatorError> {
+        let listing = std::fs::read_dir(&self.dir)
+            .map_err(io_error(format!("failed to list {}", self.dir.display())))?;
+        let mut deleted = 0;
+        for entry in listing {
+            let entry =
+                entry.map_err(io_error(format!("failed to list {}", self.dir.display())))?;
+            let name = entry.file_name();
+            let Some((attempt, owner)) = name.to_str().and_then(parse_in_progress_name) else {
+                continue;
+            };
+            if attempt >= self.attempt || !cleans_up(owner, self.subtask, self.parallelism) {
+                continue;
+            }
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => deleted += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(io_error(format!(
+                        "failed to delete {}, an in-progress file of attempt {attempt}",
+                        entry.path().display()
+                    ))(e))
+                }
+            }
+        }
+        Ok(deleted)
     }
 
     fn open_file(&mut self) -> Result<(), OperatorError> {
@@ -122,6 +166,7 @@ impl<T: Send, F: Fn(&T, &mut String) + Send> StreamOperator<T, ()> for FileSink<
 
     fn open(&mut self, ctx: &OperatorContext) -> Result<(), OperatorError> {
         self.subtask = ctx.subtask;
+        self.parallelism = ctx.parallelism;
         self.attempt = ctx.attempt;
         self.operator_id = ctx.operator_id.clone();
         std::fs::create_dir_all(&self.dir).map_err(io_error(format!(
@@ -207,6 +252,18 @@ impl<T: Send, F: Fn(&T, &mut String) + Send> StreamOperator<T, ()> for FileSink<
         for file in &ready {
             self.commit(file)?;
         }
+        if !self.swept {
+            self.swept = true;
+            let deleted = self.sweep_older_attempts()?;
+            if deleted > 0 {
+                tracing::info!(
+                    operator = self.operator_id,
+                    subtask = self.subtask,
+                    deleted,
+                    "deleted in-progress files earlier attempts left behind"
+                );
+            }
+        }
         Ok(())
     }
 
@@ -226,6 +283,17 @@ impl<T: Send, F: Fn(&T, &mut String) + Send> StreamOperator<T, ()> for FileSink<
     }
 }
 
+/// Attempt and subtask of an in-progress file's name (`.inprogress-<attempt>-<subtask>-<n>`).
+fn parse_in_progress_name(name: &str) -> Option<(u64, u32)> {
+    let mut fields = name.strip_prefix(".inprogress-")?.split('-');
+    let (attempt, subtask, sequence) = (fields.next()?, fields.next()?, fields.next()?);
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if fields.next().is_some() || !digits(attempt) || !digits(subtask) || !digits(sequence) {
+        return None;
+    }
+    Some((attempt.parse().ok()?, subtask.parse().ok()?))
+}
+
 /// Committed output files of a sink folder (hidden in-progress files excluded), sorted.
 pub fn committed_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
@@ -241,4 +309,142 @@ pub fn committed_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     }
     files.sort();
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::SnapshotType;
+
+    fn ctx(subtask: u32, parallelism: u32, attempt: u64, restored: Option<u64>) -> OperatorContext {
+        OperatorContext {
+            job_name: "file-sink-test".into(),
+            operator_id: "sink".into(),
+            subtask,
+            parallelism,
+            max_parallelism: 32,
+            key_groups: 0..32,
+            attempt,
+            restored_checkpoint: restored,
+            incremental: false,
+        }
+    }
+
+    fn barrier(id: u64) -> Barrier {
+        Barrier {
+            id,
+            kind: SnapshotType::Checkpoint,
+            is_final: false,
+        }
+    }
+
+    type LineSink = FileSink<u64, fn(&u64, &mut String)>;
+
+    fn sink(dir: &Path) -> LineSink {
+        FileSink::new(dir, |n: &u64, line: &mut String| {
+            line.push_str(&n.to_string())
+        })
+    }
+
+    fn hidden(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn in_progress_names_parse() {
+        assert_eq!(
+            parse_in_progress_name(".inprogress-000003-0002-17"),
+            Some((3, 2))
+        );
+        for other in [
+            "part-0000000003-0002",
+            ".inprogress-000003-0002",
+            ".inprogress-000003-0002-1-2",
+            ".inprogress-x-0002-1",
+            ".inprogress--0002-1",
+        ] {
+            assert_eq!(parse_in_progress_name(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_later_attempt_deletes_the_in_progress_files_a_killed_attempt_left() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut out = Output::default();
+        // Attempt 1 at parallelism 3: checkpoint 1 completes but subtask 2 never hears of it;
+        // then every subtask pre-commits checkpoint 2 and writes on; the worker is killed.
+        let mut restored = Vec::new();
+        for subtask in 0..3 {
+            let mut s = sink(dir);
+            s.open(&ctx(subtask, 3, 1, None)).unwrap();
+            s.process_batch(vec![u64::from(subtask) * 10], &mut out)
+                .unwrap();
+            let snapshot = s.snapshot(&barrier(1)).unwrap();
+            if subtask < 2 {
+                s.notify_checkpoint_complete(1).unwrap();
+            }
+            restored.extend(snapshot.list);
+            s.process_batch(vec![100 + u64::from(subtask)], &mut out)
+                .unwrap();
+            s.snapshot(&barrier(2)).unwrap();
+            s.process_batch(vec![200 + u64::from(subtask)], &mut out)
+                .unwrap();
+            s.current.as_mut().unwrap().1.flush().unwrap();
+        }
+        // Subtask 2's pending file of 1, three pending files of 2, three being written.
+        assert_eq!(hidden(dir).len(), 7, "{:?}", hidden(dir));
+
+        // Attempt 2 at parallelism 2 restores checkpoint 1, spread over the subtasks; subtask 1
+        // restores subtask 2's pending file of checkpoint 1 (list state is dealt round-robin).
+        let mut sinks: Vec<LineSink> = (0..2).map(|_| sink(dir)).collect();
+        for (subtask, s) in sinks.iter_mut().enumerate() {
+            let list = restored.iter().skip(subtask).step_by(2).cloned().collect();
+            let c = ctx(subtask as u32, 2, 2, Some(1));
+            s.restore(
+                &c,
+                RestoredState {
+                    list,
+                    ..RestoredState::default()
+                },
+            )
+            .unwrap();
+            s.open(&c).unwrap();
+        }
+        // Opening deletes nothing yet: another subtask might still have pending files to commit.
+        assert_eq!(hidden(dir).len(), 6, "{:?}", hidden(dir));
+        for s in &mut sinks {
+            s.process_batch(vec![7], &mut out).unwrap();
+            s.snapshot(&barrier(2)).unwrap();
+        }
+        for s in &mut sinks {
+            s.notify_checkpoint_complete(2).unwrap();
+        }
+        assert_eq!(hidden(dir), Vec::<String>::new());
+        let committed: Vec<String> = committed_files(dir)
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            committed,
+            [
+                "part-0000000001-0000",
+                "part-0000000001-0001",
+                "part-0000000001-0002",
+                "part-0000000002-0000",
+                "part-0000000002-0001"
+            ]
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("part-0000000001-0002")).unwrap(),
+            "20\n"
+        );
+    }
 }

@@ -8,3 +8,10 @@ pub mod nexmark;
 pub mod s3_sink;
 pub mod sequence;
 pub mod words;
+
+/// Whether `subtask` (of `parallelism`) cleans up what a sink subtask `owner` of an earlier attempt
+/// left (rolled-back output, abandoned in-progress files or uploads): its own index, and subtask 0
+/// also the indices beyond the current parallelism (rescaled down). Each owner has exactly one.
+pub(crate) fn cleans_up(owner: u32, subtask: u32, parallelism: u32) -> bool {
+    owner == subtask || (subtask == 0 && owner >= parallelism)
+}

@@ -132,10 +132,7 @@ pub fn parse_object_key(prefix: &str, key: &str) -> Option<(u64, u32)> {
     Some((id.parse().ok()?, subtask.parse().ok()?))
 }
 
-/// Whether `subtask` (of `parallelism`) cleans up the objects of `key_subtask` at open.
-pub(super) fn cleans_up(key_subtask: u32, subtask: u32, parallelism: u32) -> bool {
-    key_subtask == subtask || (subtask == 0 && key_subtask >= parallelism)
-}
+pub(super) use crate::connectors::cleans_up;
 
 /// Numbered byte ranges of a `total`-byte object cut into parts of `part_size` (the last smaller).
 pub(super) fn part_ranges(total: u64, part_size: u64) -> Vec<(i32, Range<u64>)> {
