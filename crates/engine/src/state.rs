@@ -128,8 +128,6 @@ trait ErasedTable<K>: Send {
     fn group_is_empty(&self, offset: usize) -> bool;
     /// The changed keys of a group: `(key, Some(value))` or `(key, None)` for a removal.
     fn encode_changes(&self, offset: usize) -> Result<Option<Vec<u8>>, StateError>;
-    /// Append the group's changes to `out`, encoded as `encode_changes` returns them, in one pass.
-    fn encode_changes_into(&self, offset: usize, out: &mut Vec<u8>) -> Result<(), StateError>;
     fn apply_changes(
         &mut self,
         offset: usize,
@@ -208,27 +206,6 @@ impl<K: Key, S: Data> ErasedTable<K> for Table<K, S> {
                 state: self.name.clone(),
                 reason: e.to_string(),
             })
-    }
-    fn encode_changes_into(&self, offset: usize, out: &mut Vec<u8>) -> Result<(), StateError> {
-        let (Some(changed), Some(group)) = (self.changed.get(offset), self.groups.get(offset))
-        else {
-            return Ok(());
-        };
-        // The same bytes as a `Vec<(&K, Option<&S>)>`: a length, then the pairs (the set's
-        // iterator knows its length, as bincode needs).
-        struct Changes<'a, K, S> {
-            changed: &'a FxHashSet<K>,
-            group: &'a FxMap<K, S>,
-        }
-        impl<K: Key, S: Data> Serialize for Changes<'_, K, S> {
-            fn serialize<Ser: serde::Serializer>(&self, ser: Ser) -> Result<Ser::Ok, Ser::Error> {
-                ser.collect_seq(self.changed.iter().map(|k| (k, self.group.get(k))))
-            }
-        }
-        bincode::serialize_into(out, &Changes { changed, group }).map_err(|e| StateError::Encode {
-            state: self.name.clone(),
-            reason: e.to_string(),
-        })
     }
     fn apply_changes(
         &mut self,
@@ -635,41 +612,6 @@ impl<K: Key> KeyedStateBackend<K> {
         encode_blob(&blob)
     }
 
-    /// Append one key group's changes to `out` framed as a bincode byte vector (length, then
-    /// bytes), and forget them: byte for byte `bincode::serialize(&take_changes(..).unwrap_or_default())`,
-    /// written in one pass without the intermediate copies (on the task thread, this is most of
-    /// an incremental checkpoint's synchronous part). Returns false when nothing changed (an empty
-    /// frame).
-    pub fn write_group_changes(
-        &mut self,
-        key_group: u32,
-        out: &mut Vec<u8>,
-    ) -> Result<bool, StateError> {
-        let offset = self.offset(key_group);
-        let changed: Vec<&dyn ErasedTable<K>> = self
-            .tables
-            .iter()
-            .filter(|t| t.has_changes(offset))
-            .map(|t| t.as_ref())
-            .collect();
-        let any = !changed.is_empty();
-        write_framed(out, |out| {
-            if !any {
-                return Ok(());
-            }
-            write_u64(out, changed.len() as u64);
-            for table in &changed {
-                write_bytes(out, table.name().as_bytes());
-                write_framed(out, |out| table.encode_changes_into(offset, out))?;
-            }
-            Ok(())
-        })?;
-        for table in &mut self.tables {
-            table.clear_changes(offset);
-        }
-        Ok(any)
-    }
-
     /// Forget the recorded changes of a key group (its full image was just taken).
     pub fn forget_changes(&mut self, key_group: u32) {
         let offset = self.offset(key_group);
@@ -939,48 +881,6 @@ mod tests {
         let mut out = Vec::new();
         assert!(!empty.write_group_image(0, &mut out).unwrap());
         assert_eq!(out, bincode::serialize(&Vec::<u8>::new()).unwrap());
-    }
-
-    #[test]
-    fn written_changes_equal_the_nested_encoding() {
-        let build = || {
-            let mut b = KeyedStateBackend::<String>::new(0..4);
-            let (v, l) = {
-                let mut reg = b.registry();
-                (reg.value::<u64>("v"), reg.list::<String>("l"))
-            };
-            b.set_change_tracking(true);
-            for i in 0..60u64 {
-                let key = format!("k{}", i % 25);
-                let kg = key_group_of(&key, 4);
-                b.set_value(v, kg, &key, i);
-                if i % 3 == 0 {
-                    b.list_add(l, kg, &key, format!("x{i}"));
-                }
-                if i % 7 == 0 {
-                    b.clear_value(v, kg, &key);
-                }
-            }
-            b
-        };
-        let (mut nested_side, mut direct_side) = (build(), build());
-        let mut groups_with_changes = 0;
-        for kg in 0..4 {
-            let nested =
-                bincode::serialize(&nested_side.take_changes(kg).unwrap().unwrap_or_default())
-                    .unwrap();
-            let mut direct = vec![7u8];
-            let any = direct_side.write_group_changes(kg, &mut direct).unwrap();
-            assert_eq!(&direct[1..], nested.as_slice(), "key group {kg}");
-            groups_with_changes += usize::from(any);
-            let mut again = Vec::new();
-            assert!(
-                !direct_side.write_group_changes(kg, &mut again).unwrap(),
-                "writing forgets the changes"
-            );
-            assert_eq!(again, bincode::serialize(&Vec::<u8>::new()).unwrap());
-        }
-        assert!(groups_with_changes >= 3);
     }
 
     #[test]
