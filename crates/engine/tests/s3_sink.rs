@@ -68,6 +68,15 @@ fn pending_of(sink: &mut LineSink, checkpoint_id: u64) -> Vec<PendingUpload> {
         .collect()
 }
 
+fn committed_keys(output: &S3Output) -> Vec<String> {
+    output
+        .committed()
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect()
+}
+
 fn lines(records: std::ops::Range<u64>) -> String {
     records.map(|n| format!("record-{n:012}\n")).collect()
 }
@@ -101,14 +110,8 @@ fn pre_committed_output_is_invisible_until_the_checkpoint_completes() {
     // A barrier without records writes nothing; completing 3 commits 2.
     assert_eq!(pending_of(&mut sink, 3).len(), 1);
     sink.notify_checkpoint_complete(3).unwrap();
-    let keys: Vec<_> = output
-        .committed()
-        .unwrap()
-        .into_iter()
-        .map(|o| o.key)
-        .collect();
     assert_eq!(
-        keys,
+        committed_keys(&output),
         [
             "run/out/part-0000000001-0000",
             "run/out/part-0000000002-0000"
@@ -210,16 +213,8 @@ fn a_restored_attempt_commits_pending_uploads_and_rolls_back_later_output() {
             sink.notify_checkpoint_complete(6).unwrap();
         }
     }
-    let keys = |output: &S3Output| -> Vec<String> {
-        output
-            .committed()
-            .unwrap()
-            .into_iter()
-            .map(|o| o.key)
-            .collect()
-    };
     assert_eq!(
-        keys(&output),
+        committed_keys(&output),
         [
             "job/part-0000000005-0001",
             "job/part-0000000005-0003",
@@ -250,7 +245,7 @@ fn a_restored_attempt_commits_pending_uploads_and_rolls_back_later_output() {
     }
     // Checkpoint 5 is complete for every subtask; checkpoint 6 (after the restore point) is gone.
     assert_eq!(
-        keys(&output),
+        committed_keys(&output),
         [
             "job/part-0000000005-0000",
             "job/part-0000000005-0001",
@@ -363,14 +358,8 @@ fn the_next_attempt_aborts_the_uploads_a_killed_attempt_left_incomplete() {
         Err(S3SinkError::UploadGone { .. }) => {}
         other => panic!("the upload of {} is still there: {other:?}", orphans[0].key),
     }
-    let keys: Vec<String> = output
-        .committed()
-        .unwrap()
-        .into_iter()
-        .map(|o| o.key)
-        .collect();
     assert_eq!(
-        keys,
+        committed_keys(&output),
         ["job/part-0000000005-0000", "job/part-0000000005-0001"]
     );
 

@@ -261,34 +261,38 @@ impl S3Output {
         Ok(client.insert(store.client().clone()).clone())
     }
 
-    /// The committed objects, sorted by key (blocks).
-    pub fn committed(&self) -> Result<Vec<CommittedObject>, S3SinkError> {
+    /// Every object under `list_prefix` as `(key, size)` (blocks).
+    fn list(&self, list_prefix: &str) -> Result<Vec<(String, u64)>, S3SinkError> {
         let client = self.client()?;
-        let list_prefix = format!("{}part-", key_root(self.prefix()));
         let location = format!("s3://{}/{list_prefix}*", self.bucket());
-        let mut objects = block_on(async {
+        block_on(async {
             let mut pages = client
                 .list_objects_v2()
                 .bucket(self.bucket())
-                .prefix(&list_prefix)
+                .prefix(list_prefix)
                 .into_paginator()
                 .send();
             let mut objects = Vec::new();
             while let Some(page) = pages.next().await {
                 let page = page.map_err(|e| S3SinkError::request("list", &location, e))?;
-                for object in page.contents() {
-                    if let Some(key) = object.key() {
-                        if parse_object_key(self.prefix(), key).is_some() {
-                            objects.push(CommittedObject {
-                                key: key.to_owned(),
-                                size: object.size().unwrap_or(0).max(0) as u64,
-                            });
-                        }
-                    }
-                }
+                objects.extend(page.contents().iter().filter_map(|object| {
+                    let size = object.size().unwrap_or(0).max(0) as u64;
+                    object.key().map(|key| (key.to_owned(), size))
+                }));
             }
-            Ok::<_, S3SinkError>(objects)
-        })??;
+            Ok(objects)
+        })?
+    }
+
+    /// The committed objects, sorted by key (blocks).
+    pub fn committed(&self) -> Result<Vec<CommittedObject>, S3SinkError> {
+        let list_prefix = format!("{}part-", key_root(self.prefix()));
+        let mut objects: Vec<CommittedObject> = self
+            .list(&list_prefix)?
+            .into_iter()
+            .filter(|(key, _)| parse_object_key(self.prefix(), key).is_some())
+            .map(|(key, size)| CommittedObject { key, size })
+            .collect();
         objects.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(objects)
     }
@@ -407,32 +411,15 @@ impl S3Output {
     ) -> Result<usize, S3SinkError> {
         let client = self.client()?;
         let bucket = self.bucket();
-        let list_prefix = journal_prefix(self.prefix());
-        let listing = format!("s3://{bucket}/{list_prefix}*");
-        let journals: Vec<String> = block_on(async {
-            let mut pages = client
-                .list_objects_v2()
-                .bucket(bucket)
-                .prefix(&list_prefix)
-                .into_paginator()
-                .send();
-            let mut keys = Vec::new();
-            while let Some(page) = pages.next().await {
-                let page = page.map_err(|e| S3SinkError::request("list", &listing, e))?;
-                keys.extend(
-                    page.contents()
-                        .iter()
-                        .filter_map(|o| o.key())
-                        .filter(|key| {
-                            parse_journal_key(self.prefix(), key).is_some_and(|owner| {
-                                handles_journal(owner, attempt, subtask, parallelism)
-                            })
-                        })
-                        .map(str::to_owned),
-                );
-            }
-            Ok::<_, S3SinkError>(keys)
-        })??;
+        let journals: Vec<String> = self
+            .list(&journal_prefix(self.prefix()))?
+            .into_iter()
+            .map(|(key, _)| key)
+            .filter(|key| {
+                parse_journal_key(self.prefix(), key)
+                    .is_some_and(|owner| handles_journal(owner, attempt, subtask, parallelism))
+            })
+            .collect();
         let mut aborted = 0;
         for key in journals {
             let location = format!("s3://{bucket}/{key}");
