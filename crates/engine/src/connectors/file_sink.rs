@@ -254,14 +254,22 @@ impl<T: Send, F: Fn(&T, &mut String) + Send> StreamOperator<T, ()> for FileSink<
         }
         if !self.swept {
             self.swept = true;
-            let deleted = self.sweep_older_attempts()?;
-            if deleted > 0 {
-                tracing::info!(
+            // Housekeeping: a failure here costs disk space, never output, so it does not fail
+            // the attempt (a later attempt tries again).
+            match self.sweep_older_attempts() {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(
                     operator = self.operator_id,
                     subtask = self.subtask,
                     deleted,
                     "deleted in-progress files earlier attempts left behind"
-                );
+                ),
+                Err(error) => tracing::warn!(
+                    operator = self.operator_id,
+                    subtask = self.subtask,
+                    %error,
+                    "failed to delete in-progress files earlier attempts left behind"
+                ),
             }
         }
         Ok(())
