@@ -16,7 +16,7 @@ use crate::control::{ControlSender, CoordinatorEvent, SnapshotRequest, TaskId};
 use crate::coordinator::{
     run_coordinator, AttemptEnd, CompletedSnapshot, CoordinatorError, CoordinatorSetup, JobProgress,
 };
-use crate::keygroup::{key_group_range, key_groups_of_subtasks};
+use crate::keygroup::key_groups_of_subtasks;
 use crate::operator::OperatorContext;
 use crate::restore::{DownloadSummary, RestoreData, RestoreError, RestoreScope, RestoreView};
 use crate::stream::JobGraph;
@@ -280,21 +280,25 @@ pub fn start(
                 continue;
             }
             let (control_tx, control_rx) = unbounded();
-            let key_groups = key_group_range(s as u32, config.max_parallelism, p);
             let task_metrics = Arc::new(TaskMetrics::default());
+            let ctx = OperatorContext {
+                incremental: config.checkpoints.incremental,
+                ..OperatorContext::new(
+                    config.name.clone(),
+                    String::new(),
+                    s as u32,
+                    p,
+                    config.max_parallelism,
+                )
+                .in_attempt(
+                    spec.attempt,
+                    spec.restore.as_ref().map(|(m, _)| m.checkpoint_id),
+                )
+            };
+            let key_groups = ctx.key_groups.clone();
             let env = TaskEnv {
                 id,
-                ctx: OperatorContext {
-                    job_name: config.name.clone(),
-                    operator_id: String::new(),
-                    subtask: s as u32,
-                    parallelism: p,
-                    max_parallelism: config.max_parallelism,
-                    key_groups: key_groups.clone(),
-                    attempt: spec.attempt,
-                    restored_checkpoint: spec.restore.as_ref().map(|(m, _)| m.checkpoint_id),
-                    incremental: config.checkpoints.incremental,
-                },
+                ctx,
                 control: control_rx,
                 events: events_tx.clone(),
                 cancelled: Arc::clone(&graph.cancelled),

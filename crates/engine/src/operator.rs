@@ -11,6 +11,7 @@ use streamjob_checkpoint::manifest::{FileContents, FileRef};
 
 use crate::framing;
 use crate::incremental::AdoptedGroup;
+use crate::keygroup::key_group_range;
 use crate::types::{Barrier, EndOfStream, Timestamp};
 
 /// Failure inside an operator; fails the job attempt (the job restarts from the latest checkpoint).
@@ -55,6 +56,39 @@ pub struct OperatorContext {
     pub restored_checkpoint: Option<u64>,
     /// Incremental checkpoints: keyed operators write changes and reference earlier files.
     pub incremental: bool,
+}
+
+impl OperatorContext {
+    /// Subtask `subtask` of `parallelism` with its share of `max_parallelism` key groups, in
+    /// attempt 1, with empty state and full checkpoints ([`Self::in_attempt`] changes the attempt).
+    pub fn new(
+        job_name: impl Into<String>,
+        operator_id: impl Into<String>,
+        subtask: u32,
+        parallelism: u32,
+        max_parallelism: u32,
+    ) -> Self {
+        Self {
+            job_name: job_name.into(),
+            operator_id: operator_id.into(),
+            subtask,
+            parallelism,
+            max_parallelism,
+            key_groups: key_group_range(subtask, max_parallelism, parallelism),
+            attempt: 1,
+            restored_checkpoint: None,
+            incremental: false,
+        }
+    }
+
+    /// The same subtask in `attempt`, restored from checkpoint `restored` (`None`: empty state).
+    pub fn in_attempt(self, attempt: u64, restored: Option<u64>) -> Self {
+        Self {
+            attempt,
+            restored_checkpoint: restored,
+            ..self
+        }
+    }
 }
 
 /// State of one operator instance in a snapshot.

@@ -180,17 +180,8 @@ fn large_output_is_uploaded_in_parts_through_the_spill_file() {
 }
 
 fn ctx(subtask: u32, parallelism: u32, attempt: u64, restored: Option<u64>) -> OperatorContext {
-    OperatorContext {
-        job_name: "s3-sink-test".into(),
-        operator_id: "sink".into(),
-        subtask,
-        parallelism,
-        max_parallelism: 32,
-        key_groups: 0..32,
-        attempt,
-        restored_checkpoint: restored,
-        incremental: false,
-    }
+    OperatorContext::new("s3-sink-test", "sink", subtask, parallelism, 32)
+        .in_attempt(attempt, restored)
 }
 
 #[test]

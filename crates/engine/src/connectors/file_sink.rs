@@ -325,17 +325,8 @@ mod tests {
     use crate::types::SnapshotType;
 
     fn ctx(subtask: u32, parallelism: u32, attempt: u64, restored: Option<u64>) -> OperatorContext {
-        OperatorContext {
-            job_name: "file-sink-test".into(),
-            operator_id: "sink".into(),
-            subtask,
-            parallelism,
-            max_parallelism: 32,
-            key_groups: 0..32,
-            attempt,
-            restored_checkpoint: restored,
-            incremental: false,
-        }
+        OperatorContext::new("file-sink-test", "sink", subtask, parallelism, 32)
+            .in_attempt(attempt, restored)
     }
 
     fn barrier(id: u64) -> Barrier {

@@ -159,12 +159,6 @@ impl<T, F: Fn(&T, &mut String) + Send> S3Sink<T, F> {
                 self.part_size as u64,
             )
         });
-        let PendingUpload {
-            bucket,
-            key,
-            upload_id,
-            ..
-        } = &upload;
         match uploaded {
             Ok(parts) => {
                 upload.parts = parts;
@@ -175,9 +169,9 @@ impl<T, F: Fn(&T, &mut String) + Send> S3Sink<T, F> {
                 let aborted = block_on(
                     client
                         .abort_multipart_upload()
-                        .bucket(bucket)
-                        .key(key)
-                        .upload_id(upload_id)
+                        .bucket(&upload.bucket)
+                        .key(&upload.key)
+                        .upload_id(&upload.upload_id)
                         .send(),
                 );
                 if let Ok(Err(abort)) = aborted {

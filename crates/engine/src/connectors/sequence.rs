@@ -201,17 +201,7 @@ mod tests {
     use super::*;
 
     fn ctx(subtask: u32, parallelism: u32) -> OperatorContext {
-        OperatorContext {
-            job_name: "t".into(),
-            operator_id: "sequence".into(),
-            subtask,
-            parallelism,
-            max_parallelism: 16,
-            key_groups: 0..16,
-            attempt: 1,
-            restored_checkpoint: None,
-            incremental: false,
-        }
+        OperatorContext::new("t", "sequence", subtask, parallelism, 16)
     }
 
     fn drain(source: &mut SequenceSource, batch: usize) -> Vec<SequenceRecord> {

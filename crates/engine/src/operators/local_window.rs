@@ -251,17 +251,7 @@ mod tests {
         let snap = a.snapshot(&barrier).unwrap();
         assert_eq!(snap.list.len(), 2);
         let mut b = op();
-        let ctx = OperatorContext {
-            job_name: "t".into(),
-            operator_id: "local".into(),
-            subtask: 0,
-            parallelism: 1,
-            max_parallelism: 4,
-            key_groups: 0..4,
-            attempt: 2,
-            restored_checkpoint: Some(1),
-            incremental: false,
-        };
+        let ctx = OperatorContext::new("t", "local", 0, 1, 4).in_attempt(2, Some(1));
         b.restore(
             &ctx,
             RestoredState {
