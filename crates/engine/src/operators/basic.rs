@@ -97,9 +97,29 @@ where
 {
     fn process_batch(&mut self, batch: Vec<I>, out: &mut Output<O>) -> Result<(), OperatorError> {
         if fits_in_place::<I, O>() && out.records.is_empty() {
-            // Outputs overwrite the inputs they came from, in the batch's own buffer (the
-            // standard library collects in place when the sizes allow it).
-            out.records = batch.into_iter().flat_map(&mut self.f).collect();
+            // Outputs overwrite the inputs they came from, in the batch's own buffer. The
+            // standard library collects `filter_map` in place but not `flat_map` (that one grew
+            // a new buffer from nothing, copying as it doubled: a third of q0's time). So each
+            // record's first output goes in place; from the first record with more than one
+            // output on, every further output goes to a second buffer appended after, which
+            // keeps the order.
+            let f = &mut self.f;
+            let mut spilled: Vec<O> = Vec::new();
+            let mut records: Vec<O> = batch
+                .into_iter()
+                .filter_map(|record| {
+                    let mut outputs = f(record).into_iter();
+                    if !spilled.is_empty() {
+                        spilled.extend(outputs);
+                        return None;
+                    }
+                    let first = outputs.next()?;
+                    spilled.extend(outputs);
+                    Some(first)
+                })
+                .collect();
+            records.append(&mut spilled);
+            out.records = records;
         } else {
             for record in batch {
                 out.extend((self.f)(record));
@@ -180,6 +200,47 @@ mod tests {
             .process_batch(vec!["a b", "c"], &mut words)
             .unwrap();
         assert_eq!(words.take_records(), vec!["a", "b", "c"]);
+    }
+
+    /// Same-size input and output (the in-place path): any mix of records with no, one and
+    /// several outputs comes out in the order of `Iterator::flat_map`.
+    #[test]
+    fn flat_map_in_place_keeps_the_order_of_outputs() {
+        let outputs_of = |x: u64| -> Vec<u64> { (0..x % 4).map(|k| x * 10 + k).collect() };
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for case in 0..300 {
+            let len = (case % 40) as usize;
+            let batch: Vec<u64> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    // Mostly zero or one output, sometimes more, as in real jobs.
+                    seed % if case % 3 == 0 { 4 } else { 2 }
+                })
+                .collect();
+            let expected: Vec<u64> = batch.iter().flat_map(|&x| outputs_of(x)).collect();
+            let mut out = Output::default();
+            FlatMap::new(outputs_of)
+                .process_batch(batch.clone(), &mut out)
+                .unwrap();
+            assert_eq!(out.take_records(), expected, "batch {batch:?}");
+        }
+    }
+
+    /// At most one output per record (`Option`, the Nexmark "bids" step): the outputs are
+    /// written into the input batch's buffer, no new one is grown.
+    #[test]
+    fn flat_map_with_at_most_one_output_reuses_the_batch_buffer() {
+        let batch: Vec<i64> = (0..1024).collect();
+        let buffer = batch.as_ptr() as usize;
+        let mut out = Output::default();
+        FlatMap::new(|x: i64| (x % 3 != 0).then_some(x as u64))
+            .process_batch(batch, &mut out)
+            .unwrap();
+        assert_eq!(out.records.as_ptr() as usize, buffer);
+        assert_eq!(out.records.len(), 682);
+        assert_eq!(out.records[..3], [1, 2, 4]);
     }
 
     #[test]
