@@ -264,6 +264,9 @@ const MAX_OUTPUT_CAPACITY_HINT: usize = 16 * 1024;
 pub struct Output<O> {
     pub(crate) records: Vec<O>,
     pub(crate) watermark: Option<Timestamp>,
+    /// Records a source read to emit these, when it did not emit all it read (see
+    /// [`Output::note_read`]).
+    pub(crate) read: Option<u64>,
 }
 
 impl<O> Default for Output<O> {
@@ -271,6 +274,7 @@ impl<O> Default for Output<O> {
         Self {
             records: Vec::new(),
             watermark: None,
+            read: None,
         }
     }
 }
@@ -285,6 +289,20 @@ impl<O> Output<O> {
     #[inline]
     pub fn extend(&mut self, records: impl IntoIterator<Item = O>) {
         self.records.extend(records);
+    }
+    /// Room for `additional` more records. An empty buffer that is too small is replaced rather
+    /// than grown (growing copies the old allocation whole, though it holds nothing).
+    pub fn reserve(&mut self, additional: usize) {
+        if self.records.is_empty() && self.records.capacity() < additional {
+            self.records = Vec::with_capacity(additional);
+        } else {
+            self.records.reserve(additional);
+        }
+    }
+    /// A source that read `records` to emit what it emitted (a filter pushed into the source):
+    /// the source's record count is what it read, not what it emitted.
+    pub fn note_read(&mut self, records: u64) {
+        self.read = Some(self.read.unwrap_or(0) + records);
     }
     /// Emit a watermark (after the records emitted so far).
     pub fn emit_watermark(&mut self, watermark: Timestamp) {

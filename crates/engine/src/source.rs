@@ -197,9 +197,15 @@ fn push<T>(
     pipeline: &mut dyn Pipeline<T>,
     env: &TaskEnv,
 ) -> Result<(), TaskError> {
+    let read = out.read.take();
+    if let Some(read) = read {
+        env.metrics.add_records(read);
+    }
     if !out.records.is_empty() {
         let records = out.take_records();
-        env.metrics.add_records(records.len() as u64);
+        if read.is_none() {
+            env.metrics.add_records(records.len() as u64);
+        }
         pipeline.batch(records)?;
     }
     if let Some(w) = out.watermark.take() {

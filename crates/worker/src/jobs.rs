@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use streamjob_engine::config::WatermarkAlignment;
 use streamjob_engine::connectors::file_sink::FileSink;
-use streamjob_engine::connectors::nexmark::{Event, NexmarkConfig, NexmarkSource};
+use streamjob_engine::connectors::nexmark::{Bid, Event, NexmarkConfig, NexmarkSource};
 use streamjob_engine::connectors::s3_sink::{S3Options, S3Output, S3SinkError};
 use streamjob_engine::connectors::sequence::{SequenceRecord, SequenceSource};
 use streamjob_engine::operators::window::{Count, WindowAssigner, WindowResult};
@@ -492,11 +492,7 @@ fn windowed_count(
     window_ms: i64,
     output: ResultSink,
 ) {
-    nexmark_source(env, source, alignment)
-        .flat_map("bids", |e: Event| match e {
-            Event::Bid(b) => Some(b),
-            _ => None,
-        })
+    nexmark_bids(env, source, alignment)
         .key_by(|b| b.auction)
         .window(WindowAssigner::tumbling(window_ms), |b| b.date_time)
         .aggregate("count-per-auction", Count)
@@ -507,12 +503,29 @@ fn windowed_count(
         });
 }
 
+/// The bids of the Nexmark source, selected inside the source: every event is still generated,
+/// read and counted, but only bids are put in batches (a `flat_map` after the source copied each
+/// event once more into a batch of its own: a third of q0's time).
+fn nexmark_bids(
+    env: &StreamEnv,
+    p: SourceParams,
+    alignment: Option<WatermarkAlignment>,
+) -> DataStream<Bid> {
+    env.source_with_alignment("nexmark", alignment, move |_| {
+        Box::new(
+            NexmarkSource::new(NexmarkConfig::default(), p.events, p.splits, p.rate).selecting(
+                |e: Event| match e {
+                    Event::Bid(b) => Some(b),
+                    _ => None,
+                },
+            ),
+        )
+    })
+}
+
 /// Nexmark q0 (pass-through), q1 (currency conversion), q2 (selection) on bids.
 fn nexmark_simple(env: &StreamEnv, query: &str, source: SourceParams, output: ResultSink) {
-    let bids = nexmark_source(env, source, None).flat_map("bids", |e: Event| match e {
-        Event::Bid(b) => Some(b),
-        _ => None,
-    });
+    let bids = nexmark_bids(env, source, None);
     let bids = match query {
         // q1: dollars to euros.
         "nexmark-q1" => bids.map("to-euro", |mut b| {
@@ -524,14 +537,12 @@ fn nexmark_simple(env: &StreamEnv, query: &str, source: SourceParams, output: Re
         _ => bids,
     };
     bids.sink("file-sink", move |_| {
-        output.operator(
-            |b: &streamjob_engine::connectors::nexmark::Bid, line: &mut String| {
-                let _ = write!(
-                    line,
-                    "{},{},{},{},{}",
-                    b.auction, b.bidder, b.price, b.channel, b.date_time
-                );
-            },
-        )
+        output.operator(|b: &Bid, line: &mut String| {
+            let _ = write!(
+                line,
+                "{},{},{},{},{}",
+                b.auction, b.bidder, b.price, b.channel, b.date_time
+            );
+        })
     });
 }

@@ -129,19 +129,35 @@ impl SplitReader {
         mut make: impl FnMut(u64) -> T,
         time_of: impl Fn(u64) -> Timestamp,
     ) -> SourceStatus {
+        let Some(indices) = self.next_indices(max) else {
+            return self.idle();
+        };
+        // Built straight into the output buffer (a push per event went through a stack copy the
+        // CPU could not forward).
+        out.extend(indices.iter().map(|&i| make(i)));
+        self.finish_poll(indices, out, time_of)
+    }
+
+    /// Under a rate limit, how long to wait before the next event is due.
+    pub fn idle(&self) -> SourceStatus {
+        let per_subtask = (self.rate.unwrap_or(1) / u64::from(self.parallelism)).max(1);
+        let wait = Duration::from_secs_f64(1.0 / per_subtask as f64).max(Duration::from_millis(1));
+        SourceStatus::Idle(wait.min(Duration::from_millis(50)))
+    }
+
+    /// The indices of the next up to `max` events (the reader's reused buffer), positions advanced;
+    /// `None` when the rate limit allows none yet (then [`SplitReader::idle`] says how long to
+    /// wait). A source that builds its batch itself hands them back to [`SplitReader::finish_poll`].
+    pub fn next_indices(&mut self, max: usize) -> Option<Vec<u64>> {
         let mut budget = max;
         if let (Some(rate), Some(started)) = (self.rate, self.started) {
             let per_subtask = (rate / u64::from(self.parallelism)).max(1);
             let allowed = (started.elapsed().as_secs_f64() * per_subtask as f64) as u64;
             if allowed <= self.emitted {
-                let wait =
-                    Duration::from_secs_f64(1.0 / per_subtask as f64).max(Duration::from_millis(1));
-                return SourceStatus::Idle(wait.min(Duration::from_millis(50)));
+                return None;
             }
             budget = budget.min((allowed - self.emitted) as usize);
         }
-        // First the indices, then the events in one pass over them: built straight into the
-        // output buffer (a push per event went through a stack copy the CPU could not forward).
         let mut indices = std::mem::take(&mut self.indices);
         indices.clear();
         // Whole rounds in which every split stays live: each position's indices step by `splits`,
@@ -189,10 +205,19 @@ impl SplitReader {
                 break;
             }
         }
-        let emitted = indices.len();
-        out.extend(indices.iter().map(|&i| make(i)));
+        Some(indices)
+    }
+
+    /// After a poll emitted the events of `indices`: keep the buffer, count, and emit the watermark
+    /// (or report the end of input).
+    pub fn finish_poll<T>(
+        &mut self,
+        indices: Vec<u64>,
+        out: &mut Output<T>,
+        time_of: impl Fn(u64) -> Timestamp,
+    ) -> SourceStatus {
+        self.emitted += indices.len() as u64;
         self.indices = indices;
-        self.emitted += emitted as u64;
         let next_time = self
             .positions
             .iter()
