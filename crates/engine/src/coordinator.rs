@@ -108,6 +108,18 @@ pub struct JobProgress {
     pub sources_finished: Option<Instant>,
     /// When the attempt ended well (after the final checkpoint and sink commit).
     pub run_ended: Option<Instant>,
+    /// CPU time the process had used at `run_started` and at `run_ended` (every thread: tasks,
+    /// coordinator, uploads), for CPU per event; `None` where the clock cannot be read.
+    pub run_started_cpu: Option<Duration>,
+    /// See `run_started_cpu`.
+    pub run_ended_cpu: Option<Duration>,
+}
+
+/// CPU time this process has used so far (all threads), if the clock can be read.
+pub fn process_cpu_time() -> Option<Duration> {
+    cpu_time::ProcessTime::try_now()
+        .ok()
+        .map(|t| t.as_duration())
 }
 
 /// Decides when the next periodic checkpoint starts (pure).
@@ -407,11 +419,13 @@ pub fn run_coordinator(
 
     if let Ok(mut progress) = setup.progress.lock() {
         progress.run_started = Some(Instant::now());
+        progress.run_started_cpu = process_cpu_time();
     }
     loop {
         if finished_tasks.len() == setup.tasks.len() {
             if let Ok(mut progress) = setup.progress.lock() {
                 progress.run_ended = Some(Instant::now());
+                progress.run_ended_cpu = process_cpu_time();
             }
             return Ok(match stop_savepoint {
                 Some(s) => AttemptEnd::Stopped(s),

@@ -236,6 +236,9 @@ pub struct RunStats {
     pub run_millis: u64,
     /// Last attempt, from its tasks starting until every source emitted its last record.
     pub input_millis: Option<u64>,
+    /// CPU time the whole process used over `run_millis` (every thread), when the clock could be
+    /// read: `cpu_millis / run_millis` is how many cores the run kept busy.
+    pub cpu_millis: Option<u64>,
     /// Completed snapshots of the last attempt, in completion order.
     pub checkpoints: Vec<SnapshotFigures>,
     /// What watermark alignment did to the sources of the last attempt.
@@ -375,6 +378,13 @@ pub fn run_with_stats(job: LocalJob, progress: bool) -> Result<(RunOutcome, RunS
             stats.input_millis = p
                 .sources_finished
                 .map(|f| f.duration_since(started).as_millis() as u64);
+            let ended_cpu = p
+                .run_ended_cpu
+                .or_else(streamjob_engine::coordinator::process_cpu_time);
+            stats.cpu_millis = p
+                .run_started_cpu
+                .zip(ended_cpu)
+                .map(|(from, to)| to.saturating_sub(from).as_millis() as u64);
         }
         stats.checkpoints = p.snapshots;
     }

@@ -190,6 +190,9 @@ public final class FlinkBench {
         stats.put("sinkRecords", BenchStats.sinkRecords());
         stats.put("runMillis", (end - first) / 1e6);
         stats.put("runMillisHow", "first source record to end of input at the last sink subtask");
+        if (BenchStats.runCpuNanos() >= 0) {
+            stats.put("cpuMillis", BenchStats.runCpuNanos() / 1e6);
+        }
         stats.put("startupMillis", (first - start) / 1e6);
         stats.put("toJobEndMillis", (finished - first) / 1e6);
         stats.put("jobNetRuntimeMillis", result.getNetRuntime());
