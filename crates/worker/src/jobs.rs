@@ -474,14 +474,12 @@ fn nexmark_source(
     p: SourceParams,
     alignment: Option<WatermarkAlignment>,
 ) -> DataStream<Event> {
-    env.source_with_alignment("nexmark", alignment, move |_| {
-        Box::new(NexmarkSource::new(
-            NexmarkConfig::default(),
-            p.events,
-            p.splits,
-            p.rate,
-        ))
-    })
+    env.source_with_alignment("nexmark", alignment, move |_| Box::new(nexmark(&p)))
+}
+
+/// One subtask's Nexmark source, every event.
+fn nexmark(p: &SourceParams) -> NexmarkSource {
+    NexmarkSource::new(NexmarkConfig::default(), p.events, p.splits, p.rate)
 }
 
 /// Nexmark bids -> count per auction per tumbling event-time window -> exactly-once file sink.
@@ -512,14 +510,10 @@ fn nexmark_bids(
     alignment: Option<WatermarkAlignment>,
 ) -> DataStream<Bid> {
     env.source_with_alignment("nexmark", alignment, move |_| {
-        Box::new(
-            NexmarkSource::new(NexmarkConfig::default(), p.events, p.splits, p.rate).selecting(
-                |e: Event| match e {
-                    Event::Bid(b) => Some(b),
-                    _ => None,
-                },
-            ),
-        )
+        Box::new(nexmark(&p).selecting(|e: Event| match e {
+            Event::Bid(b) => Some(b),
+            _ => None,
+        }))
     })
 }
 
