@@ -197,16 +197,11 @@ fn push<T>(
     pipeline: &mut dyn Pipeline<T>,
     env: &TaskEnv,
 ) -> Result<(), TaskError> {
-    let read = out.read.take();
-    if let Some(read) = read {
-        env.metrics.add_records(read);
-    }
+    // What the source read: what it emitted, unless it dropped some of it (`Output::note_read`).
+    let read = out.read.take().unwrap_or(out.records.len() as u64);
+    env.metrics.add_records(read);
     if !out.records.is_empty() {
-        let records = out.take_records();
-        if read.is_none() {
-            env.metrics.add_records(records.len() as u64);
-        }
-        pipeline.batch(records)?;
+        pipeline.batch(out.take_records())?;
     }
     if let Some(w) = out.watermark.take() {
         pipeline.watermark(w)?;
