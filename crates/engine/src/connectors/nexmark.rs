@@ -443,6 +443,10 @@ impl<S: EventSelection> SourceFunction<S::Record> for NexmarkSource<S> {
         out: &mut Output<S::Record>,
         max_records: usize,
     ) -> Result<SourceStatus, OperatorError> {
+        // The reader's steps are called here rather than through a poll taking the batch's
+        // emit as a closure: that shape (tried) compiled the selecting loop on its own, building
+        // each event on the stack and reading it back wider than written (q0 69 -> 56-60 M
+        // events/s, even with the emit forced inline).
         let Some(indices) = self.reader.next_indices(max_records) else {
             return Ok(self.reader.idle());
         };

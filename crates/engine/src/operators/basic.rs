@@ -99,7 +99,7 @@ where
         if fits_in_place::<I, O>() && out.records.is_empty() {
             // Outputs overwrite the inputs they came from, in the batch's own buffer. The
             // standard library collects `filter_map` in place but not `flat_map` (that one grew
-            // a new buffer from nothing, copying as it doubled: a third of q0's time). So each
+            // a new buffer from nothing, copying as it doubled: 4 % of q0's time). So each
             // record's first output goes in place; from the first record with more than one
             // output on, every further output goes to a second buffer appended after, which
             // keeps the order.
