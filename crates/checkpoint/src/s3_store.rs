@@ -222,6 +222,21 @@ fn status_of<E>(err: &SdkError<E>) -> Option<u16> {
     err.raw_response().map(|r| r.status().as_u16())
 }
 
+/// A failure while reading an object's body.
+fn body_error(location: &str, e: aws_sdk_s3::primitives::ByteStreamError) -> StoreError {
+    let detail = DisplayErrorContext(&e).to_string();
+    StoreError::Backend {
+        op: "read",
+        location: location.to_string(),
+        status: None,
+        // The SDK checks the body against the checksum stored with the object: a mismatch means
+        // the stored bytes changed (corruption at rest), which no retry fixes. Anything else (a
+        // reset, a timeout mid-body) may pass on a retry.
+        transient: !is_body_checksum_mismatch(&detail),
+        detail,
+    }
+}
+
 /// Whether a body error (its full display chain) is the SDK's response checksum validation failing.
 fn is_body_checksum_mismatch(detail: &str) -> bool {
     detail.to_ascii_lowercase().contains("checksum mismatch")
@@ -293,32 +308,33 @@ impl SnapshotStore for S3Store {
             .send()
             .await
             .map_err(|e| map_sdk_error("read", key, &location, e))?;
+        // A body that arrives in one chunk is returned as is. Otherwise each chunk is copied into
+        // one buffer of the object's size as it arrives and dropped, so the HTTP client reuses its
+        // read buffer: a restore touches fresh memory once per byte, not twice (holding every
+        // chunk until the end made the client allocate the whole object anew).
+        let size_hint = out
+            .content_length
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(0);
         let mut body = out.body;
-        let mut chunks: Vec<Bytes> = Vec::new();
-        while let Some(chunk) = body.next().await {
-            chunks.push(chunk.map_err(|e| {
-                let detail = DisplayErrorContext(&e).to_string();
-                StoreError::Backend {
-                    op: "read",
-                    location: location.clone(),
-                    status: None,
-                    // The SDK checks the body against the checksum stored with the object: a
-                    // mismatch means the stored bytes changed (corruption at rest), which no retry
-                    // fixes. Anything else (a reset, a timeout mid-body) may pass on a retry.
-                    transient: !is_body_checksum_mismatch(&detail),
-                    detail,
-                }
-            })?);
+        let mut only: Option<Bytes> = None;
+        let mut joined = BytesMut::new();
+        while let Some(chunk) = body
+            .try_next()
+            .await
+            .map_err(|e| body_error(&location, e))?
+        {
+            if let Some(first) = only.take() {
+                joined.reserve(size_hint.max(first.len() + chunk.len()));
+                joined.extend_from_slice(&first);
+            }
+            if joined.is_empty() {
+                only = Some(chunk);
+            } else {
+                joined.extend_from_slice(&chunk);
+            }
         }
-        // A single-chunk body is returned as is; only a body that arrived in pieces is joined (one copy).
-        if chunks.len() == 1 {
-            return Ok(chunks.swap_remove(0));
-        }
-        let mut joined = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
-        for chunk in &chunks {
-            joined.extend_from_slice(chunk);
-        }
-        Ok(joined.freeze())
+        Ok(only.unwrap_or_else(|| joined.freeze()))
     }
 
     async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
