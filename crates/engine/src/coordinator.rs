@@ -102,7 +102,14 @@ pub struct JobProgress {
     pub failed: u64,
     /// The figures of every completed snapshot of this attempt, in completion order.
     pub snapshots: Vec<SnapshotFigures>,
-    /// When the coordinator started (the tasks run from here; restore is done).
+    /// When the attempt started, before the snapshot it restores (if any) was downloaded.
+    pub attempt_started: Option<Instant>,
+    /// When every task of this process had its restored state loaded (opened), in an attempt that
+    /// restores a snapshot: `restored_at - attempt_started` is the whole restore (download,
+    /// verify, decode, load into the operators).
+    pub restored_at: Option<Instant>,
+    /// When the coordinator started (the tasks run from here; the snapshot is downloaded, and the
+    /// tasks load their state from it as they open).
     pub run_started: Option<Instant>,
     /// When every source had emitted its last record (bounded jobs).
     pub sources_finished: Option<Instant>,

@@ -4,6 +4,8 @@
 //!
 //! So files written before this module and after it are the same format.
 
+use bytes::Bytes;
+
 /// A frame that does not fit the bytes (a truncated or foreign file).
 #[derive(Debug, thiserror::Error)]
 #[error("truncated or malformed state data at byte {at}: {what}")]
@@ -101,21 +103,23 @@ impl<'a> Reader<'a> {
 }
 
 /// Append `(u32, bytes)` pairs as bincode encodes a `Vec<(u32, Vec<u8>)>`.
-pub fn write_groups(out: &mut Vec<u8>, groups: &[(u32, Vec<u8>)]) {
+pub fn write_groups<B: AsRef<[u8]>>(out: &mut Vec<u8>, groups: &[(u32, B)]) {
     write_u64(out, groups.len() as u64);
     for (kg, bytes) in groups {
         write_u32(out, *kg);
-        write_bytes(out, bytes);
+        write_bytes(out, bytes.as_ref());
     }
 }
 
 /// Read what [`write_groups`] wrote.
-pub fn read_groups(r: &mut Reader<'_>) -> Result<Vec<(u32, Vec<u8>)>, FrameError> {
+///
+/// `source` is the buffer `r` reads: each group's bytes are a slice of it, not a copy.
+pub fn read_groups(r: &mut Reader<'_>, source: &Bytes) -> Result<Vec<(u32, Bytes)>, FrameError> {
     let n = r.len(12, "key group count")?;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let kg = r.u32("key group")?;
-        out.push((kg, r.bytes("key group bytes")?.to_vec()));
+        out.push((kg, source.slice_ref(r.bytes("key group bytes")?)));
     }
     Ok(out)
 }
@@ -160,8 +164,20 @@ mod tests {
         expected.extend(bincode::serialize(&name).unwrap());
         assert_eq!(out, expected);
 
-        let mut r = Reader::new(&out);
-        assert_eq!(read_groups(&mut r).unwrap(), groups);
+        let source = Bytes::from(out.clone());
+        let mut r = Reader::new(&source);
+        let read = read_groups(&mut r, &source).unwrap();
+        assert_eq!(
+            read.iter()
+                .map(|(g, b)| (*g, b.to_vec()))
+                .collect::<Vec<_>>(),
+            groups
+        );
+        // The groups' bytes are slices of the source buffer, not copies.
+        let within = source.as_ptr_range();
+        assert!(read
+            .iter()
+            .all(|(_, b)| within.contains(&b.as_ptr()) || b.is_empty()));
         assert_eq!(read_list(&mut r).unwrap(), list);
         let mut inner = Reader::new(r.bytes("framed").unwrap());
         assert_eq!(inner.bytes("name").unwrap(), b"name");
@@ -173,8 +189,9 @@ mod tests {
         let mut out = Vec::new();
         write_groups(&mut out, &[(1, vec![1, 2, 3])]);
         for cut in 0..out.len() {
+            let source = Bytes::copy_from_slice(&out[..cut]);
             assert!(
-                read_groups(&mut Reader::new(&out[..cut])).is_err(),
+                read_groups(&mut Reader::new(&source), &source).is_err(),
                 "cut at {cut}"
             );
         }

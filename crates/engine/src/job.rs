@@ -7,6 +7,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use streamjob_checkpoint::manifest::Manifest;
@@ -20,7 +21,7 @@ use crate::keygroup::key_groups_of_subtasks;
 use crate::operator::OperatorContext;
 use crate::restore::{DownloadSummary, RestoreData, RestoreError, RestoreScope, RestoreView};
 use crate::stream::JobGraph;
-use crate::task::{TaskEnv, TaskError, TaskMetrics};
+use crate::task::{OpenLatch, TaskEnv, TaskError, TaskMetrics};
 use crate::types::SnapshotType;
 use crate::upload::UploadQueue;
 use crate::watermark_alignment::{AlignmentHub, AlignmentSummary};
@@ -184,6 +185,7 @@ pub fn start(
     spec: AttemptSpec,
     runtime: &tokio::runtime::Handle,
 ) -> Result<JobHandle, JobError> {
+    let attempt_started = Instant::now();
     let config = graph.config.clone();
     let p = config.parallelism;
     // Which subtasks run in this process: all of them, or this worker's block of a cluster.
@@ -229,7 +231,14 @@ pub fn start(
         .as_ref()
         .map_or(1, |(m, _)| m.checkpoint_id + 1);
     let (events_tx, events_rx) = unbounded();
-    let progress = Arc::new(Mutex::new(JobProgress::default()));
+    let progress = Arc::new(Mutex::new(JobProgress {
+        attempt_started: Some(attempt_started),
+        ..JobProgress::default()
+    }));
+    let opening = Arc::new(OpenLatch::new(
+        restore_data.is_some(),
+        Arc::clone(&progress),
+    ));
     let worker_of = |subtask: u32| {
         placement
             .as_ref()
@@ -311,7 +320,9 @@ pub fn start(
                 batch_size: config.batch_size,
                 metrics: Arc::clone(&task_metrics),
                 alignment: hub.source(id),
+                opening: Arc::clone(&opening),
             };
+            opening.add(); // before any task starts (they start after this loop)
             controls.push((id, ControlSender::Local(control_tx.clone())));
             local_controls.insert(id, control_tx);
             metrics.push((id, vertex.is_source, task_metrics));

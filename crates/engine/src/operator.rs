@@ -6,7 +6,8 @@
 
 use std::ops::Range;
 
-use serde::{Deserialize, Serialize};
+use bytes::Bytes;
+use serde::Serialize;
 use streamjob_checkpoint::manifest::{FileContents, FileRef};
 
 use crate::framing;
@@ -149,12 +150,12 @@ impl OperatorSnapshot {
 
 /// The stored form of an operator instance's own snapshot file (without `base`, which the
 /// manifest records as the file list).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct StateFileBody {
-    /// Full key-group images.
-    pub keyed: Vec<(u32, Vec<u8>)>,
+    /// Full key-group images (read from a file: slices of its bytes, no copies).
+    pub keyed: Vec<(u32, Bytes)>,
     /// Key-group changes.
-    pub keyed_changes: Vec<(u32, Vec<u8>)>,
+    pub keyed_changes: Vec<(u32, Bytes)>,
     /// Operator list state.
     pub list: Vec<Vec<u8>>,
 }
@@ -188,7 +189,7 @@ impl StateFileBody {
     /// Encode with the format marker (the bincode layout of the struct, written in bulk).
     pub fn encode(&self) -> Vec<u8> {
         let blobs =
-            |groups: &[(u32, Vec<u8>)]| groups.iter().map(|(_, b)| b.len() + 12).sum::<usize>();
+            |groups: &[(u32, Bytes)]| groups.iter().map(|(_, b)| b.len() + 12).sum::<usize>();
         let mut out = Vec::with_capacity(
             STATE_FILE_MAGIC.len()
                 + 24
@@ -202,16 +203,17 @@ impl StateFileBody {
         framing::write_list(&mut out, &self.list);
         out
     }
-    /// Decode a state file of the current or the earlier format.
-    pub fn decode(bytes: &[u8]) -> Result<Self, framing::FrameError> {
+    /// Decode a state file of the current or the earlier format. The key groups' bytes are
+    /// slices of `bytes` (they keep the file's buffer alive, and copy nothing).
+    pub fn decode(bytes: &Bytes) -> Result<Self, framing::FrameError> {
         let (current, body) = match bytes.strip_prefix(STATE_FILE_MAGIC.as_slice()) {
             Some(body) => (true, body),
-            None => (false, bytes),
+            None => (false, &bytes[..]),
         };
         let mut r = framing::Reader::new(body);
-        let keyed = framing::read_groups(&mut r)?;
+        let keyed = framing::read_groups(&mut r, bytes)?;
         let keyed_changes = if current {
-            framing::read_groups(&mut r)?
+            framing::read_groups(&mut r, bytes)?
         } else {
             Vec::new()
         };
@@ -234,10 +236,11 @@ impl StateFileBody {
 /// list entries.
 #[derive(Debug, Clone, Default)]
 pub struct RestoredState {
-    /// Keyed state blobs (full images) for key groups in this subtask's range.
-    pub keyed: Vec<(u32, Vec<u8>)>,
+    /// Keyed state blobs (full images) for key groups in this subtask's range (slices of the
+    /// downloaded files).
+    pub keyed: Vec<(u32, Bytes)>,
     /// Changes to apply on top of those images, in the order they were written.
-    pub keyed_changes: Vec<(u32, Vec<u8>)>,
+    pub keyed_changes: Vec<(u32, Bytes)>,
     /// This subtask's share of the list entries.
     pub list: Vec<Vec<u8>>,
     /// Restored from a checkpoint: which of its files hold each restored key group's image and
@@ -368,11 +371,15 @@ mod tests {
     #[test]
     fn state_files_round_trip_and_files_of_the_earlier_format_still_decode() {
         let body = StateFileBody {
-            keyed: vec![(1, vec![1, 2, 3]), (7, vec![9; 40])],
-            keyed_changes: vec![(7, vec![4])],
+            keyed: vec![
+                (1, Bytes::from(vec![1, 2, 3])),
+                (7, Bytes::from(vec![9; 40])),
+            ],
+            keyed_changes: vec![(7, Bytes::from(vec![4]))],
             list: vec![vec![5, 6]],
         };
-        assert_eq!(StateFileBody::decode(&body.encode()).unwrap(), body);
+        let encoded = Bytes::from(body.encode());
+        assert_eq!(StateFileBody::decode(&encoded).unwrap(), body);
 
         // Before incremental checkpoints a state file was `bincode(OperatorSnapshot { keyed, list })`.
         #[derive(Serialize)]
@@ -381,17 +388,16 @@ mod tests {
             list: Vec<Vec<u8>>,
         }
         let earlier = bincode::serialize(&Earlier {
-            keyed: body.keyed.clone(),
+            keyed: body.keyed.iter().map(|(g, b)| (*g, b.to_vec())).collect(),
             list: body.list.clone(),
         })
         .unwrap();
-        let encoded = body.encode();
-        let decoded = StateFileBody::decode(&earlier).unwrap();
+        let decoded = StateFileBody::decode(&Bytes::from(earlier)).unwrap();
         assert_eq!(
             (decoded.keyed, decoded.keyed_changes, decoded.list),
             (body.keyed, vec![], body.list)
         );
 
-        assert!(StateFileBody::decode(&encoded[..encoded.len() - 1]).is_err());
+        assert!(StateFileBody::decode(&encoded.slice(..encoded.len() - 1)).is_err());
     }
 }

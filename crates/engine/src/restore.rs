@@ -48,6 +48,11 @@ pub enum RestoreError {
         key: String,
         reason: String,
     },
+    /// A download task panicked or was cancelled (the runtime shut down).
+    #[error(
+        "restoring snapshot {location} was interrupted: {reason}; the next attempt restores again"
+    )]
+    Interrupted { location: String, reason: String },
     /// The snapshot has state for operators the job does not have.
     #[error("snapshot {location} holds state for operators this job does not have: {operators:?}; set allowNonRestoredState to drop it")]
     UnknownOperators {
@@ -212,26 +217,40 @@ impl RestoreData {
         let needed = unique
             .into_values()
             .filter_map(|(file, needed)| needed.then_some(file));
+        // Each file is a task of its own (the caller may be polling this on one thread): its body
+        // arrives and is checked on the runtime's workers, and it is decoded on a blocking thread,
+        // so all cores work on a restore.
         let decoded: BTreeMap<String, Arc<StateFileBody>> = stream::iter(needed)
             .map(|file| {
                 let store = Arc::clone(&store);
-                async move {
-                    let bytes = read_state_file(store.as_ref(), file)
+                let file = file.clone();
+                let location = location.to_string();
+                tokio::spawn(async move {
+                    let bytes = read_state_file(store.as_ref(), &file)
                         .await
                         .map_err(|source| RestoreError::Verify {
-                            location: location.to_string(),
+                            location: location.clone(),
                             source,
                         })?;
-                    let state =
-                        StateFileBody::decode(&bytes).map_err(|e| RestoreError::Decode {
-                            location: location.to_string(),
+                    let state = tokio::task::spawn_blocking(move || StateFileBody::decode(&bytes))
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|decoded| decoded.map_err(|e| e.to_string()))
+                        .map_err(|reason| RestoreError::Decode {
+                            location,
                             key: file.key.clone(),
-                            reason: e.to_string(),
+                            reason,
                         })?;
-                    Ok::<_, RestoreError>((file.key.clone(), Arc::new(state)))
-                }
+                    Ok::<_, RestoreError>((file.key, Arc::new(state)))
+                })
             })
             .buffer_unordered(8)
+            .map(|joined| {
+                joined.map_err(|e| RestoreError::Interrupted {
+                    location: location.to_string(),
+                    reason: e.to_string(),
+                })?
+            })
             .try_collect()
             .await?;
         let mut operators: BTreeMap<String, Vec<OldSubtask>> = BTreeMap::new();
@@ -506,7 +525,10 @@ mod tests {
 
     fn image(groups: &[u32], tag: u8) -> StateFileBody {
         StateFileBody {
-            keyed: groups.iter().map(|g| (*g, vec![tag; 4])).collect(),
+            keyed: groups
+                .iter()
+                .map(|g| (*g, Bytes::from(vec![tag; 4])))
+                .collect(),
             ..StateFileBody::default()
         }
     }
@@ -526,7 +548,7 @@ mod tests {
         )
         .await;
         let changes = |group: u32| StateFileBody {
-            keyed_changes: vec![(group, vec![9; 2])],
+            keyed_changes: vec![(group, Bytes::from(vec![9; 2]))],
             ..StateFileBody::default()
         };
         let own0 = put(

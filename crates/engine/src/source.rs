@@ -74,6 +74,7 @@ pub(crate) fn run_source_task<T: Send + 'static>(
     }
     source.open(&ctx, restored).map_err(wrap)?;
     pipeline.open(&env.ctx, &env.restored)?;
+    env.opening.opened();
 
     let mut out: Output<T> = Output::default();
     let mut finished = false;

@@ -15,6 +15,7 @@ use std::marker::PhantomData;
 use std::ops::Range;
 use std::sync::Arc;
 
+use bincode::Options as _;
 use rustc_hash::{FxBuildHasher, FxHashSet};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -23,6 +24,47 @@ use crate::framing::{write_bytes, write_framed, write_u64, FrameError, Reader};
 use crate::types::{Data, Key};
 
 type FxMap<K, V> = HashMap<K, V, FxBuildHasher>;
+
+/// Reads a map as serde's `HashMap` does, but allocates the table for all its entries at once
+/// (serde caps the up-front capacity, so a large key group grew its table several times while
+/// being restored). The entry count is bounded by the input's length (`.0`): every entry takes at
+/// least one byte, so a corrupt count cannot make it allocate more than the input justifies.
+struct SizedMap<K, V>(usize, PhantomData<fn() -> (K, V)>);
+
+/// A map written by `bincode::serialize`, read with [`SizedMap`].
+fn decode_map<K: Key, V: DeserializeOwned>(bytes: &[u8]) -> bincode::Result<FxMap<K, V>> {
+    // The options of `bincode::deserialize`.
+    let options = bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes();
+    let mut de = bincode::Deserializer::from_slice(bytes, options);
+    serde::de::DeserializeSeed::deserialize(SizedMap(bytes.len(), PhantomData), &mut de)
+}
+
+impl<'de, K: Key, V: DeserializeOwned> serde::de::DeserializeSeed<'de> for SizedMap<K, V> {
+    type Value = FxMap<K, V>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
+        de.deserialize_map(self)
+    }
+}
+
+impl<'de, K: Key, V: DeserializeOwned> serde::de::Visitor<'de> for SizedMap<K, V> {
+    type Value = FxMap<K, V>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a map")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut access: A,
+    ) -> Result<Self::Value, A::Error> {
+        let capacity = access.size_hint().unwrap_or(0).min(self.0);
+        let mut map = FxMap::with_capacity_and_hasher(capacity, FxBuildHasher);
+        while let Some((key, value)) = access.next_entry()? {
+            map.insert(key, value);
+        }
+        Ok(map)
+    }
+}
 
 /// Failure to encode or decode keyed state.
 #[derive(Debug, thiserror::Error)]
@@ -172,7 +214,7 @@ impl<K: Key, S: Data> ErasedTable<K> for Table<K, S> {
         key_group: u32,
         bytes: &[u8],
     ) -> Result<(), StateError> {
-        let decoded: FxMap<K, S> = bincode::deserialize(bytes).map_err(|e| StateError::Decode {
+        let decoded: FxMap<K, S> = decode_map(bytes).map_err(|e| StateError::Decode {
             state: self.name.clone(),
             key_group,
             reason: e.to_string(),
@@ -622,7 +664,10 @@ impl<K: Key> KeyedStateBackend<K> {
 
     /// Apply change blobs written by [`Self::take_changes`], in the order they were taken, after
     /// the groups' images were loaded with [`Self::restore`]. Unknown states are ignored and counted.
-    pub fn apply_changes(&mut self, changes: &[(u32, Vec<u8>)]) -> Result<usize, StateError> {
+    pub fn apply_changes<B: AsRef<[u8]>>(
+        &mut self,
+        changes: &[(u32, B)],
+    ) -> Result<usize, StateError> {
         self.load_blobs(changes, |table, offset, key_group, bytes| {
             table.apply_changes(offset, key_group, bytes)
         })
@@ -630,15 +675,15 @@ impl<K: Key> KeyedStateBackend<K> {
 
     /// Hand each state's part of each key-group blob to `load`; returns the parts of states this
     /// function version does not declare.
-    fn load_blobs(
+    fn load_blobs<B: AsRef<[u8]>>(
         &mut self,
-        groups: &[(u32, Vec<u8>)],
+        groups: &[(u32, B)],
         load: impl Fn(&mut dyn ErasedTable<K>, usize, u32, &[u8]) -> Result<(), StateError>,
     ) -> Result<usize, StateError> {
         let mut unknown = 0;
         for (key_group, bytes) in groups {
             let offset = self.checked_offset(*key_group)?;
-            for (name, bytes) in decode_blob(*key_group, bytes)? {
+            for (name, bytes) in decode_blob(*key_group, bytes.as_ref())? {
                 match self.tables.iter_mut().find(|t| t.name() == name) {
                     Some(table) => load(table.as_mut(), offset, *key_group, bytes)?,
                     None => unknown += 1,
@@ -660,7 +705,7 @@ impl<K: Key> KeyedStateBackend<K> {
 
     /// Load key group blobs written by [`Self::snapshot`] (possibly by other subtasks at another
     /// parallelism). States not registered by this function version are ignored and counted.
-    pub fn restore(&mut self, groups: &[(u32, Vec<u8>)]) -> Result<usize, StateError> {
+    pub fn restore<B: AsRef<[u8]>>(&mut self, groups: &[(u32, B)]) -> Result<usize, StateError> {
         self.load_blobs(groups, |table, offset, key_group, bytes| {
             table.decode_group(offset, key_group, bytes)
         })
@@ -727,6 +772,21 @@ pub fn decode_entry<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StateError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn groups_decode_as_bincode_wrote_them_and_a_corrupt_count_is_an_error() {
+        let map: FxMap<u64, Vec<u8>> = (0..50_000u64).map(|k| (k, vec![k as u8; 3])).collect();
+        let bytes = bincode::serialize(&map).unwrap();
+        let decoded: FxMap<u64, Vec<u8>> = decode_map(&bytes).unwrap();
+        assert_eq!(decoded, map);
+        assert!(decoded.capacity() >= map.len());
+
+        // An entry count of 2^62 in a 20-byte input: no up-front allocation of that size, an error.
+        let mut corrupt = (1u64 << 62).to_le_bytes().to_vec();
+        corrupt.extend_from_slice(&[0; 12]);
+        assert!(decode_map::<u64, Vec<u8>>(&corrupt).is_err());
+        assert!(decode_map::<u64, Vec<u8>>(&bytes[..bytes.len() - 1]).is_err());
+    }
     use crate::keygroup::{key_group_of, key_group_range};
 
     #[test]

@@ -2,9 +2,10 @@
 //! alignment), runs its operator chain, snapshots when a barrier passes and hands the bytes to the
 //! asynchronous upload queue (`upload.rs`), and applies checkpoint notifications from the coordinator.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use crossbeam_channel::{Receiver, Select, Sender};
 use streamjob_checkpoint::layout::{SnapshotDir, SnapshotLayout};
 use streamjob_checkpoint::manifest::SnapshotKind;
@@ -12,6 +13,7 @@ use streamjob_checkpoint::manifest::SnapshotKind;
 use crate::alignment::{AlignAction, BarrierAligner};
 use crate::config::CheckpointingMode;
 use crate::control::{CoordinatorEvent, TaskControl, TaskId};
+use crate::coordinator::JobProgress;
 use crate::operator::{BaseFile, OperatorContext, OperatorSnapshot, StateFileBody};
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::restore::RestoreView;
@@ -52,6 +54,46 @@ impl TaskMetrics {
     }
 }
 
+/// Counts the tasks of this process that have not opened yet (restored their state); the last
+/// one to open records when, in the attempt's progress (`restored_at`), if the attempt restores.
+pub(crate) struct OpenLatch {
+    waiting: AtomicUsize,
+    restoring: bool,
+    progress: Arc<Mutex<JobProgress>>,
+}
+
+impl OpenLatch {
+    /// A latch for an attempt that restores a snapshot (`restoring`) or starts fresh.
+    pub(crate) fn new(restoring: bool, progress: Arc<Mutex<JobProgress>>) -> Self {
+        Self {
+            waiting: AtomicUsize::new(0),
+            restoring,
+            progress,
+        }
+    }
+
+    /// One more task to wait for (all are counted before any starts).
+    pub(crate) fn add(&self) {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A task opened.
+    pub(crate) fn opened(&self) {
+        if self.waiting.fetch_sub(1, Ordering::AcqRel) == 1 && self.restoring {
+            if let Ok(mut progress) = self.progress.lock() {
+                let now = std::time::Instant::now();
+                progress.restored_at = Some(now);
+                if let Some(started) = progress.attempt_started {
+                    tracing::info!(
+                        restore_ms = now.duration_since(started).as_millis() as u64,
+                        "every task here has loaded its restored state"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// What a task gets from the executor.
 pub struct TaskEnv {
     /// Identity.
@@ -76,6 +118,8 @@ pub struct TaskEnv {
     pub metrics: Arc<TaskMetrics>,
     /// Watermark alignment of a source subtask in an alignment group.
     pub alignment: Option<SourceAlignment>,
+    /// Told when this task has opened (restored its state).
+    pub(crate) opening: Arc<OpenLatch>,
 }
 
 impl TaskEnv {
@@ -130,9 +174,15 @@ impl TaskEnv {
             let own = if snapshot.writes_nothing() {
                 None
             } else {
+                let blobs = |groups: Vec<(u32, Vec<u8>)>| {
+                    groups
+                        .into_iter()
+                        .map(|(kg, blob)| (kg, Bytes::from(blob))) // no copy
+                        .collect()
+                };
                 let body = StateFileBody {
-                    keyed: snapshot.keyed,
-                    keyed_changes: snapshot.keyed_changes,
+                    keyed: blobs(snapshot.keyed),
+                    keyed_changes: blobs(snapshot.keyed_changes),
                     list: snapshot.list,
                 };
                 let key = match file_in(&dir) {
@@ -178,6 +228,7 @@ pub(crate) fn run_task<I: Send + 'static>(
     env: TaskEnv,
 ) -> Result<(), TaskError> {
     pipeline.open(&env.ctx, &env.restored)?;
+    env.opening.opened();
     let channels = inputs.len();
     let mut aligner = BarrierAligner::new(channels, env.mode);
     let mut watermarks = vec![MIN_WATERMARK; channels];

@@ -181,7 +181,10 @@ mod tests {
                     (
                         k.to_string(),
                         StateFileBody {
-                            keyed: vec![(0, b"ab".to_vec()), (3, b"cd".to_vec())],
+                            keyed: vec![
+                                (0, Bytes::from_static(b"ab")),
+                                (3, Bytes::from_static(b"cd")),
+                            ],
                             ..StateFileBody::default()
                         },
                     )

@@ -234,6 +234,12 @@ pub struct RunStats {
     /// Last attempt, from its tasks starting (after restore) to its end, final checkpoint and sink
     /// commit included; process start-up and restore are not.
     pub run_millis: u64,
+    /// Last attempt, if it restored a snapshot: from its start until every task had loaded its
+    /// restored state (choosing and downloading the snapshot, verifying, decoding, loading).
+    pub restore_millis: Option<u64>,
+    /// Of `restore_millis`, the part before the tasks started: choosing the files this process
+    /// needs, downloading, verifying and decoding them (the rest is the tasks loading the state).
+    pub restore_download_millis: Option<u64>,
     /// Last attempt, from its tasks starting until every source emitted its last record.
     pub input_millis: Option<u64>,
     /// CPU time the whole process used over `run_millis` (every thread), when the clock could be
@@ -385,6 +391,16 @@ pub fn run_with_stats(job: LocalJob, progress: bool) -> Result<(RunOutcome, RunS
                 .run_started_cpu
                 .zip(ended_cpu)
                 .map(|(from, to)| to.saturating_sub(from).as_millis() as u64);
+        }
+        stats.restore_millis = p
+            .attempt_started
+            .zip(p.restored_at)
+            .map(|(from, to)| to.saturating_duration_since(from).as_millis() as u64);
+        if stats.restore_millis.is_some() {
+            stats.restore_download_millis = p
+                .attempt_started
+                .zip(p.run_started)
+                .map(|(from, to)| to.saturating_duration_since(from).as_millis() as u64);
         }
         stats.checkpoints = p.snapshots;
     }

@@ -10,6 +10,7 @@
 use std::collections::BTreeSet;
 use std::marker::PhantomData;
 
+use bytes::Bytes;
 use streamjob_checkpoint::manifest::FileRef;
 
 use crate::framing::{write_bytes, Reader};
@@ -219,15 +220,17 @@ impl<K: Key, O> KeyedContext<'_, K, O> {
     }
 }
 
-/// Snapshot of one key group: encoded state and the group's timers.
-type GroupSnapshot<K> = (Vec<u8>, Vec<(Timestamp, K)>);
-/// Changes of one key group: encoded state changes (empty: none) and timer changes in order.
-type GroupChanges<K> = (Vec<u8>, Vec<TimerChange<K>>);
+/// Snapshot of one key group, as read: encoded state (a byte string) and the group's timers.
+type GroupSnapshot<K> = (Bytes, Vec<(Timestamp, K)>);
+/// Changes of one key group, as read: encoded state changes (empty: none) and timer changes in
+/// order.
+type GroupChanges<K> = (Bytes, Vec<TimerChange<K>>);
 
-/// Split a [`GroupSnapshot`] or [`GroupChanges`]: the state bytes (read in bulk), then the timers.
-fn split_group<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<(Vec<u8>, T), String> {
+/// Split a [`GroupSnapshot`] or [`GroupChanges`]: the state bytes (a slice of `bytes`, no copy),
+/// then the timers.
+fn split_group<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<(Bytes, T), String> {
     let mut r = Reader::new(bytes);
-    let state = r.bytes("state bytes").map_err(|e| e.to_string())?.to_vec();
+    let state = bytes.slice_ref(r.bytes("state bytes").map_err(|e| e.to_string())?);
     let timers = bincode::deserialize(r.rest()).map_err(|e| e.to_string())?;
     Ok((state, timers))
 }
