@@ -13,7 +13,8 @@ and encode its state; the upload is asynchronous), bytes uploaded and referenced
 (the referenced bytes of the last full checkpoint). Peak RSS is sampled while the sources run
 (before the final checkpoint a bounded run ends with); a run without periodic checkpoints gives the
 memory of the live state itself, so the RSS ratio shows what checkpoints add. Restore: a second
-run restores the first one's final checkpoint; its wall time minus its own run time. Snapshots go to a
+run restores the first one's final checkpoint: from its start until every task has loaded its state
+(its wall time minus its own run time, plus the tasks' loading inside that run). Snapshots go to a
 local folder (fsync'd), or with --storage s3 to an S3-protocol server on this machine (s3s-fs, which
 writes the objects to the local disk), or both side by side; deleted after each run; retained: 1.
 """
@@ -89,15 +90,21 @@ spec:
         restore_s = after_restore_uploaded = None
         if mode != "off":
             # Recovery: a second run restores the final checkpoint of the first (its sources are
-            # done, so it only restores, takes one checkpoint and ends). Restore time = wall time
-            # minus the attempt's own run time (that checkpoint): start-up, choosing and verifying
-            # the snapshot, downloading, decoding and loading the state.
+            # done, so it only restores, takes one checkpoint and ends). Restore time = from the
+            # process start until every task has its state: wall time minus the attempt's own run
+            # time, plus the part of that run the tasks spent loading the state (start-up,
+            # choosing and verifying the snapshot, downloading, decoding and loading).
             t0 = time.monotonic()
             subprocess.run([a.bin, "run", str(w / "job.yaml"), "--quiet", "--stats-json", str(w / "r.json")],
                            check=True, capture_output=True, env=env)
             wall = time.monotonic() - t0
             r = json.loads((w / "r.json").read_text())
             restore_s = wall - r["runMillis"] / 1000
+            # The tasks load the downloaded state as they open, inside runMillis: add that part
+            # (restoreMillis counts from the attempt's start to every task loaded, and
+            # restoreDownloadMillis is its part before the tasks started).
+            if r.get("restoreMillis") is not None and r.get("restoreDownloadMillis") is not None:
+                restore_s += (r["restoreMillis"] - r["restoreDownloadMillis"]) / 1000
             # What the restored attempt's one checkpoint wrote: with incremental checkpoints it
             # builds on the restored files, and nothing changed since.
             if r["checkpoints"]:
