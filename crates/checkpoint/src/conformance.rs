@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::segments::Segments;
 use crate::store::{ObjectInfo, PutOutcome, SnapshotStore, StoreError};
 
 /// A store broke a promise of the [`SnapshotStore`] contract.
@@ -114,6 +115,19 @@ async fn check_get_put(c: &Checker<'_>) -> Result<(), ConformanceError> {
     let got = c.call("get (empty)", c.store.get("conformance/get/empty").await)?;
     c.ensure(got.is_empty(), || {
         "an empty object reads back non-empty".into()
+    })?;
+    let pieces = [&b"in "[..], b"", b"three", b" pieces"]
+        .map(Bytes::from_static)
+        .to_vec();
+    c.call(
+        "put_segments",
+        c.store
+            .put_segments("conformance/get/pieces", Segments::new(pieces))
+            .await,
+    )?;
+    let got = c.call("get (pieces)", c.store.get("conformance/get/pieces").await)?;
+    c.ensure(got == b"in three pieces"[..], || {
+        format!("put_segments of \"in three pieces\" reads back as {got:?}")
     })?;
     let location = c.store.location(key);
     c.ensure(

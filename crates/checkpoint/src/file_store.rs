@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::segments::Segments;
+
 use crate::store::{
     join_url, validate_key, validate_prefix, ObjectInfo, PutOutcome, SnapshotStore, StoreError,
     TEMP_PREFIX,
@@ -78,7 +80,7 @@ impl FileStore {
 }
 
 /// Writes `body` to a fresh temp file next to `target` and fsyncs it; returns the temp path.
-fn write_temp(target: &Path, body: &[u8]) -> io::Result<PathBuf> {
+fn write_temp(target: &Path, body: &[Bytes]) -> io::Result<PathBuf> {
     let dir = target
         .parent()
         .ok_or_else(|| io::Error::other("object path has no parent folder"))?;
@@ -100,7 +102,10 @@ fn write_temp(target: &Path, body: &[u8]) -> io::Result<PathBuf> {
             Err(e) => return Err(e),
         }
     };
-    let written = file.write_all(body).and_then(|()| file.sync_all());
+    let written = body
+        .iter()
+        .try_for_each(|part| file.write_all(part))
+        .and_then(|()| file.sync_all());
     if let Err(e) = written {
         let _ = fs::remove_file(&temp);
         return Err(e);
@@ -115,7 +120,7 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-fn put_blocking(target: &Path, body: &[u8]) -> io::Result<()> {
+fn put_blocking(target: &Path, body: &[Bytes]) -> io::Result<()> {
     let temp = write_temp(target, body)?;
     if let Err(e) = fs::rename(&temp, target) {
         let _ = fs::remove_file(&temp);
@@ -127,8 +132,8 @@ fn put_blocking(target: &Path, body: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-fn put_if_absent_blocking(target: &Path, body: &[u8]) -> io::Result<PutOutcome> {
-    let temp = write_temp(target, body)?;
+fn put_if_absent_blocking(target: &Path, body: Bytes) -> io::Result<PutOutcome> {
+    let temp = write_temp(target, &[body])?;
     let linked = fs::hard_link(&temp, target);
     let _ = fs::remove_file(&temp);
     match linked {
@@ -215,14 +220,23 @@ impl SnapshotStore for FileStore {
     async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
         validate_key(key)?;
         let path = self.path_of(key);
-        self.blocking("write", key, move || put_blocking(&path, &body))
+        self.blocking("write", key, move || {
+            put_blocking(&path, std::slice::from_ref(&body))
+        })
+        .await
+    }
+
+    async fn put_segments(&self, key: &str, body: Segments) -> Result<(), StoreError> {
+        validate_key(key)?;
+        let path = self.path_of(key);
+        self.blocking("write", key, move || put_blocking(&path, body.parts()))
             .await
     }
 
     async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<PutOutcome, StoreError> {
         validate_key(key)?;
         let path = self.path_of(key);
-        self.blocking("create", key, move || put_if_absent_blocking(&path, &body))
+        self.blocking("create", key, move || put_if_absent_blocking(&path, body))
             .await
     }
 

@@ -39,6 +39,7 @@ pub mod prefixed_store;
 pub mod s3_config;
 #[cfg(feature = "s3")]
 pub mod s3_store;
+pub mod segments;
 pub mod state_file;
 pub mod store;
 pub mod url;
@@ -67,6 +68,7 @@ pub use prefixed_store::{child, job_store, PrefixedStore};
 pub use s3_config::{S3Config, StaticCredentials, DEFAULT_REGION};
 #[cfg(feature = "s3")]
 pub use s3_store::S3Store;
+pub use segments::Segments;
 pub use state_file::{
     file_ref, read_state_file, write_shared_state_file, write_state_file, VerifyError,
 };

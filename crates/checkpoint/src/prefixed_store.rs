@@ -5,6 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::segments::Segments;
 use crate::store::{
     validate_key, validate_prefix, ObjectInfo, PutOutcome, SnapshotStore, StoreError,
 };
@@ -85,6 +86,10 @@ impl SnapshotStore for PrefixedStore {
 
     async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
         self.inner.put(&self.inner_key(key)?, body).await
+    }
+
+    async fn put_segments(&self, key: &str, body: Segments) -> Result<(), StoreError> {
+        self.inner.put_segments(&self.inner_key(key)?, body).await
     }
 
     async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<PutOutcome, StoreError> {

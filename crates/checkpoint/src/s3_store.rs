@@ -15,6 +15,7 @@ use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::s3_config::{build_client, S3Config};
+use crate::segments::Segments;
 use crate::store::{
     join_url, validate_key, validate_prefix, ObjectInfo, PutOutcome, SnapshotStore, StoreError,
 };
@@ -87,7 +88,7 @@ impl S3Store {
         }
     }
 
-    async fn put_multipart(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
+    async fn put_multipart(&self, key: &str, body: Segments) -> Result<(), StoreError> {
         let full = self.full_key(key);
         let location = self.location(key);
         let created = self
@@ -183,15 +184,16 @@ async fn upload_parts(
     full_key: &str,
     upload_id: &str,
     location: &str,
-    body: Bytes,
+    body: Segments,
 ) -> Result<Vec<CompletedPart>, StoreError> {
     let chunks = (0..body.len())
         .step_by(MULTIPART_PART_SIZE)
         .enumerate()
         .map(|(i, start)| {
             let end = (start + MULTIPART_PART_SIZE).min(body.len());
-            // `slice` shares the buffer: no copy of the body.
-            (i as i32 + 1, body.slice(start..end))
+            // A part within one of the body's buffers shares it; one that spans several is
+            // copied, a part at a time (at most PART_CONCURRENCY parts in memory).
+            (i as i32 + 1, body.range(start..end))
         });
     futures::stream::iter(chunks)
         .map(|(number, chunk)| async move {
@@ -342,7 +344,7 @@ impl SnapshotStore for S3Store {
     async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
         validate_key(key)?;
         if body.len() > MULTIPART_THRESHOLD {
-            return self.put_multipart(key, body).await;
+            return self.put_multipart(key, Segments::from(body)).await;
         }
         self.client
             .put_object()
@@ -360,6 +362,15 @@ impl SnapshotStore for S3Store {
             .await
             .map(|_| ())
             .map_err(|e| map_sdk_error("write", key, &self.location(key), e))
+    }
+
+    async fn put_segments(&self, key: &str, body: Segments) -> Result<(), StoreError> {
+        validate_key(key)?;
+        if body.len() > MULTIPART_THRESHOLD {
+            return self.put_multipart(key, body).await;
+        }
+        // At most MULTIPART_THRESHOLD bytes: one request, joined.
+        self.put(key, body.into_bytes()).await
     }
 
     /// A single conditional PUT (`If-None-Match: *`); 412 means the object exists. A 409

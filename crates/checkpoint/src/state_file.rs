@@ -4,6 +4,7 @@ use bytes::Bytes;
 
 use crate::layout::SnapshotLayout;
 use crate::manifest::FileRef;
+use crate::segments::Segments;
 use crate::store::{SnapshotStore, StoreError};
 
 /// A state file could not be read, or it does not match its manifest entry.
@@ -62,14 +63,21 @@ pub fn file_ref(key: impl Into<String>, bytes: &[u8]) -> FileRef {
     }
 }
 
-/// Stores `bytes` at `key` and returns its [`FileRef`] for the manifest.
+/// Stores `body` (one buffer, or [`Segments`] written without joining them) at `key` and returns
+/// its [`FileRef`] for the manifest.
 pub async fn write_state_file(
     store: &dyn SnapshotStore,
     key: &str,
-    bytes: Bytes,
+    body: impl Into<Segments>,
 ) -> Result<FileRef, StoreError> {
-    let file = file_ref(key, &bytes);
-    store.put(key, bytes).await?;
+    let body = body.into();
+    let file = FileRef {
+        key: key.into(),
+        size: body.len() as u64,
+        crc32c: body.crc32c(),
+        contents: None,
+    };
+    store.put_segments(key, body).await?;
     Ok(file)
 }
 

@@ -8,6 +8,8 @@ use std::fmt;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::segments::Segments;
+
 /// Longest key accepted, in bytes (the S3 limit).
 pub const MAX_KEY_LEN: usize = 1024;
 
@@ -147,6 +149,12 @@ pub trait SnapshotStore: Send + Sync + fmt::Debug {
 
     /// Writes an object atomically (readers see the old object, the new one, or none; never a part).
     async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError>;
+
+    /// [`SnapshotStore::put`] of an object given in pieces. Stores that can write the pieces as
+    /// they are (a file, the parts of a multipart upload) do; by default they are joined first.
+    async fn put_segments(&self, key: &str, body: Segments) -> Result<(), StoreError> {
+        self.put(key, body.into_bytes()).await
+    }
 
     /// Creates an object only if no object with this key exists; atomic with respect to other writers.
     async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<PutOutcome, StoreError>;

@@ -9,6 +9,7 @@ use std::ops::Range;
 use bytes::Bytes;
 use serde::Serialize;
 use streamjob_checkpoint::manifest::{FileContents, FileRef};
+use streamjob_checkpoint::segments::Segments;
 
 use crate::framing;
 use crate::incremental::AdoptedGroup;
@@ -160,6 +161,10 @@ pub struct StateFileBody {
     pub list: Vec<Vec<u8>>,
 }
 
+/// Key-group bytes at least this long are a piece of the encoded file of their own; shorter ones
+/// are copied next to their framing.
+pub const OWN_SEGMENT: usize = 4096;
+
 /// First bytes of a state file in the current format (files without them are the earlier format:
 /// `keyed` and `list` only).
 const STATE_FILE_MAGIC: &[u8; 5] = b"SJSF\x02";
@@ -186,22 +191,29 @@ impl StateFileBody {
         )
     }
 
-    /// Encode with the format marker (the bincode layout of the struct, written in bulk).
-    pub fn encode(&self) -> Vec<u8> {
-        let blobs =
-            |groups: &[(u32, Bytes)]| groups.iter().map(|(_, b)| b.len() + 12).sum::<usize>();
-        let mut out = Vec::with_capacity(
-            STATE_FILE_MAGIC.len()
-                + 24
-                + blobs(&self.keyed)
-                + blobs(&self.keyed_changes)
-                + self.list.iter().map(|b| b.len() + 8).sum::<usize>(),
-        );
-        out.extend_from_slice(STATE_FILE_MAGIC);
-        framing::write_groups(&mut out, &self.keyed);
-        framing::write_groups(&mut out, &self.keyed_changes);
-        framing::write_list(&mut out, &self.list);
-        out
+    /// The file, with the format marker (the bincode layout of the struct), as pieces: the
+    /// framing in small buffers and every key group's bytes of at least [`OWN_SEGMENT`] as
+    /// itself, so the file is stored without a copy of the state.
+    pub fn encode(&self) -> Segments {
+        let mut parts = Vec::new();
+        let mut head = Vec::with_capacity(4096);
+        head.extend_from_slice(STATE_FILE_MAGIC);
+        for groups in [&self.keyed, &self.keyed_changes] {
+            framing::write_u64(&mut head, groups.len() as u64);
+            for (kg, blob) in groups {
+                framing::write_u32(&mut head, *kg);
+                framing::write_u64(&mut head, blob.len() as u64);
+                if blob.len() >= OWN_SEGMENT {
+                    parts.push(Bytes::from(std::mem::take(&mut head)));
+                    parts.push(blob.clone()); // shares the buffer
+                } else {
+                    head.extend_from_slice(blob);
+                }
+            }
+        }
+        framing::write_list(&mut head, &self.list);
+        parts.push(Bytes::from(head));
+        Segments::new(parts)
     }
     /// Decode a state file of the current or the earlier format. The key groups' bytes are
     /// slices of `bytes` (they keep the file's buffer alive, and copy nothing).
@@ -373,12 +385,18 @@ mod tests {
         let body = StateFileBody {
             keyed: vec![
                 (1, Bytes::from(vec![1, 2, 3])),
+                (3, Bytes::from(vec![8; OWN_SEGMENT])),
                 (7, Bytes::from(vec![9; 40])),
             ],
-            keyed_changes: vec![(7, Bytes::from(vec![4]))],
+            keyed_changes: vec![(7, Bytes::from(vec![4])), (9, Bytes::from(vec![6; 70_000]))],
             list: vec![vec![5, 6]],
         };
-        let encoded = Bytes::from(body.encode());
+        let segments = body.encode();
+        // The large groups are pieces of their own (the same buffers), the rest is framing.
+        let shared = |g: &Bytes| segments.parts().iter().any(|p| p.as_ptr() == g.as_ptr());
+        assert!(shared(&body.keyed[1].1) && shared(&body.keyed_changes[1].1));
+        assert!(!shared(&body.keyed[0].1) && !shared(&body.keyed[2].1));
+        let encoded = segments.into_bytes();
         assert_eq!(StateFileBody::decode(&encoded).unwrap(), body);
 
         // Before incremental checkpoints a state file was `bincode(OperatorSnapshot { keyed, list })`.

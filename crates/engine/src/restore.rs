@@ -518,9 +518,7 @@ mod tests {
     use streamjob_checkpoint::state_file::write_state_file;
 
     async fn put(store: &dyn SnapshotStore, key: &str, body: StateFileBody) -> FileRef {
-        write_state_file(store, key, Bytes::from(body.encode()))
-            .await
-            .unwrap()
+        write_state_file(store, key, body.encode()).await.unwrap()
     }
 
     fn image(groups: &[u32], tag: u8) -> StateFileBody {

@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use crossbeam_channel::Sender;
 use streamjob_checkpoint::manifest::FileRef;
 use streamjob_checkpoint::state_file::write_state_file;
@@ -130,13 +129,9 @@ async fn upload(
             }
         }
         if let Some((key, body)) = &mut op.own {
-            let body = std::mem::take(body);
-            let (body, contents) = tokio::task::spawn_blocking(move || {
-                let contents = body.contents();
-                (Bytes::from(body.encode()), contents)
-            })
-            .await
-            .map_err(|e| format!("laying out the state file {key} failed: {e}"))?;
+            // The file's framing around the state's own buffers: nothing large is copied.
+            let contents = body.contents();
+            let body = std::mem::take(body).encode();
             bytes += body.len() as u64;
             let mut file = write_state_file(store, key, body)
                 .await
@@ -158,6 +153,7 @@ async fn upload(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use streamjob_checkpoint::manifest::FileContents;
     use streamjob_checkpoint::memory_store::MemoryStore;
 
