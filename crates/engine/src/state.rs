@@ -170,6 +170,10 @@ trait ErasedTable<K>: Send {
     fn group_is_empty(&self, offset: usize) -> bool;
     /// The changed keys of a group: `(key, Some(value))` or `(key, None)` for a removal.
     fn encode_changes(&self, offset: usize) -> Result<Option<Vec<u8>>, StateError>;
+    /// Append what [`ErasedTable::encode_changes`] returns (when something changed).
+    fn encode_changes_into(&self, offset: usize, out: &mut Vec<u8>) -> Result<(), StateError>;
+    /// How many keys of a group changed.
+    fn changed_keys(&self, offset: usize) -> usize;
     fn apply_changes(
         &mut self,
         offset: usize,
@@ -235,6 +239,20 @@ impl<K: Key, S: Data> ErasedTable<K> for Table<K, S> {
     }
     fn group_is_empty(&self, offset: usize) -> bool {
         self.groups[offset].is_empty()
+    }
+    fn encode_changes_into(&self, offset: usize, out: &mut Vec<u8>) -> Result<(), StateError> {
+        let Some(changed) = self.changed.get(offset) else {
+            return Ok(());
+        };
+        let group = &self.groups[offset];
+        let changes: Vec<(&K, Option<&S>)> = changed.iter().map(|k| (k, group.get(k))).collect();
+        bincode::serialize_into(out, &changes).map_err(|e| StateError::Encode {
+            state: self.name.clone(),
+            reason: e.to_string(),
+        })
+    }
+    fn changed_keys(&self, offset: usize) -> usize {
+        self.changed.get(offset).map_or(0, |c| c.len())
     }
     fn encode_changes(&self, offset: usize) -> Result<Option<Vec<u8>>, StateError> {
         let Some(changed) = self.changed.get(offset).filter(|c| !c.is_empty()) else {
@@ -654,6 +672,46 @@ impl<K: Key> KeyedStateBackend<K> {
         encode_blob(&blob)
     }
 
+    /// Append the changes of one key group to `out` framed as a bincode byte vector, and forget
+    /// them: byte for byte `write_bytes(out, &take_changes(..).unwrap_or_default())`, without the
+    /// intermediate copies. Returns false when nothing changed (an empty frame).
+    pub fn write_group_changes(
+        &mut self,
+        key_group: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, StateError> {
+        let offset = self.offset(key_group);
+        let changed: Vec<&dyn ErasedTable<K>> = self
+            .tables
+            .iter()
+            .filter(|t| t.has_changes(offset))
+            .map(|t| t.as_ref())
+            .collect();
+        // Room for the changed entries at their in-memory size (values on the heap come on top).
+        out.reserve(
+            changed
+                .iter()
+                .map(|t| 24 + t.name().len() + t.changed_keys(offset) * 2 * size_of::<K>())
+                .sum::<usize>(),
+        );
+        write_framed(out, |out| {
+            if changed.is_empty() {
+                return Ok(());
+            }
+            write_u64(out, changed.len() as u64);
+            for table in &changed {
+                write_bytes(out, table.name().as_bytes());
+                write_framed(out, |out| table.encode_changes_into(offset, out))?;
+            }
+            Ok(())
+        })?;
+        let wrote = !changed.is_empty();
+        for table in &mut self.tables {
+            table.clear_changes(offset);
+        }
+        Ok(wrote)
+    }
+
     /// Forget the recorded changes of a key group (its full image was just taken).
     pub fn forget_changes(&mut self, key_group: u32) {
         let offset = self.offset(key_group);
@@ -850,6 +908,43 @@ mod tests {
     }
 
     #[test]
+    fn changes_written_in_place_are_the_bytes_of_take_changes() {
+        let max = 4;
+        let twins: Vec<KeyedStateBackend<u64>> = (0..2)
+            .map(|_| {
+                let mut b = KeyedStateBackend::<u64>::new(0..max);
+                let (count, items) = {
+                    let mut reg = b.registry();
+                    (reg.value::<u64>("count"), reg.list::<u32>("items"))
+                };
+                b.set_change_tracking(true);
+                for i in 0..200u64 {
+                    let key = i % 37;
+                    let kg = key_group_of(&key, max);
+                    *b.value_or_insert_with(count, kg, &key, || 0) += i;
+                    b.list_add(items, kg, &key, i as u32);
+                    if i % 11 == 0 {
+                        b.clear_value(count, kg, &key);
+                    }
+                }
+                b
+            })
+            .collect();
+        let [mut a, mut b] = <[_; 2]>::try_from(twins).ok().unwrap();
+        for kg in 0..max {
+            let mut expected = Vec::new();
+            write_bytes(
+                &mut expected,
+                &a.take_changes(kg).unwrap().unwrap_or_default(),
+            );
+            let mut written = Vec::new();
+            b.write_group_changes(kg, &mut written).unwrap();
+            assert_eq!(written, expected, "key group {kg}");
+        }
+        assert_eq!(b.changed_groups().count(), 0);
+    }
+
+    #[test]
     fn image_plus_changes_equals_the_live_state() {
         let max = 8;
         let mut live = KeyedStateBackend::<u64>::new(0..max);
@@ -883,8 +978,23 @@ mod tests {
                 let changed: Vec<u32> = live.changed_groups().collect();
                 assert!(!changed.is_empty());
                 for kg in changed {
-                    changes.push((kg, live.take_changes(kg).unwrap().unwrap()));
+                    // Odd rounds: the changes written in place into a framed buffer (what
+                    // checkpoints use); even rounds: in a buffer of their own.
+                    let blob = if round % 2 == 1 {
+                        let mut framed = vec![7u8; 3]; // appends after what is there
+                        assert!(live.write_group_changes(kg, &mut framed).unwrap());
+                        let mut r = Reader::new(&framed[3..]);
+                        let blob = r.bytes("changes").unwrap().to_vec();
+                        assert!(r.is_done());
+                        blob
+                    } else {
+                        live.take_changes(kg).unwrap().unwrap()
+                    };
+                    changes.push((kg, blob));
                 }
+                let mut empty = Vec::new();
+                assert!(!live.write_group_changes(0, &mut empty).unwrap());
+                assert_eq!(empty, 0u64.to_le_bytes(), "nothing changed: an empty frame");
                 assert_eq!(
                     live.changed_groups().count(),
                     0,

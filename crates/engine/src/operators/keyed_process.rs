@@ -13,7 +13,7 @@ use std::marker::PhantomData;
 use bytes::Bytes;
 use streamjob_checkpoint::manifest::FileRef;
 
-use crate::framing::{write_bytes, Reader};
+use crate::framing::Reader;
 use crate::incremental::{ChainFile, IncrementalChain, RebasePolicy};
 use crate::keygroup::key_group_of;
 use crate::operator::{
@@ -382,12 +382,12 @@ where
         }
         let mut change_sizes = Vec::with_capacity(plan.changes.len());
         for kg in &plan.changes {
-            let state_changes = state.take_changes(*kg).map_err(Self::encode_error)?;
-            let timer_changes = self.timers.take_changes(*kg);
             // A `GroupChanges`: the state changes as a byte string, then the timer changes.
-            let state_changes = state_changes.unwrap_or_default();
-            let mut bytes = Vec::with_capacity(state_changes.len() + 16 + timer_changes.len() * 24);
-            write_bytes(&mut bytes, &state_changes);
+            let mut bytes = Vec::new();
+            state
+                .write_group_changes(*kg, &mut bytes)
+                .map_err(Self::encode_error)?;
+            let timer_changes = self.timers.take_changes(*kg);
             bincode::serialize_into(&mut bytes, &timer_changes).map_err(Self::encode_error)?;
             change_sizes.push((*kg, bytes.len() as u64));
             snapshot.keyed_changes.push((*kg, bytes));
