@@ -628,18 +628,9 @@ impl<K: Key> KeyedStateBackend<K> {
             .filter(|t| !t.group_is_empty(offset))
             .map(|t| t.as_ref())
             .collect();
-        write_framed(out, |out| {
-            if tables.is_empty() {
-                return Ok(());
-            }
-            write_u64(out, tables.len() as u64);
-            for table in &tables {
-                write_bytes(out, table.name().as_bytes());
-                write_framed(out, |out| table.encode_group_into(offset, out))?;
-            }
-            Ok(())
-        })?;
-        Ok(!tables.is_empty())
+        write_group_blob(out, &tables, |table, out| {
+            table.encode_group_into(offset, out)
+        })
     }
 
     /// Key groups holding any entry.
@@ -694,18 +685,9 @@ impl<K: Key> KeyedStateBackend<K> {
                 .map(|t| 24 + t.name().len() + t.changed_keys(offset) * 2 * size_of::<K>())
                 .sum::<usize>(),
         );
-        write_framed(out, |out| {
-            if changed.is_empty() {
-                return Ok(());
-            }
-            write_u64(out, changed.len() as u64);
-            for table in &changed {
-                write_bytes(out, table.name().as_bytes());
-                write_framed(out, |out| table.encode_changes_into(offset, out))?;
-            }
-            Ok(())
+        let wrote = write_group_blob(out, &changed, |table, out| {
+            table.encode_changes_into(offset, out)
         })?;
-        let wrote = !changed.is_empty();
         for table in &mut self.tables {
             table.clear_changes(offset);
         }
@@ -768,6 +750,28 @@ impl<K: Key> KeyedStateBackend<K> {
             table.decode_group(offset, key_group, bytes)
         })
     }
+}
+
+/// Append a key-group blob of `tables` framed as a bincode byte vector: the number of states, then
+/// each state's name and what `encode` writes for it (framed). An empty frame when `tables` is
+/// empty; returns whether it was not.
+fn write_group_blob<K: Key>(
+    out: &mut Vec<u8>,
+    tables: &[&dyn ErasedTable<K>],
+    encode: impl Fn(&dyn ErasedTable<K>, &mut Vec<u8>) -> Result<(), StateError>,
+) -> Result<bool, StateError> {
+    write_framed(out, |out| {
+        if tables.is_empty() {
+            return Ok(());
+        }
+        write_u64(out, tables.len() as u64);
+        for table in tables {
+            write_bytes(out, table.name().as_bytes());
+            write_framed(out, |out| encode(*table, out))?;
+        }
+        Ok(())
+    })?;
+    Ok(!tables.is_empty())
 }
 
 fn encode_blob(blob: &GroupBlob) -> Result<Option<Vec<u8>>, StateError> {

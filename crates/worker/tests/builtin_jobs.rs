@@ -383,3 +383,52 @@ fn output_may_be_an_s3_url_and_bad_ones_say_why() {
     let err = validate(&job("s3://results/x").with_s3(half_keys), 2).unwrap_err();
     assert!(err.to_string().contains("AWS_SECRET_ACCESS_KEY"), "{err}");
 }
+
+/// `--stats-json`'s restore figures: none on a fresh start; after a restore, the time until every
+/// task had loaded its state, which includes the part before the tasks started (the download).
+#[test]
+fn a_restored_run_reports_its_restore_time_and_a_fresh_one_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = streamjob_worker::local::LocalOptions {
+        manifest: Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../manifests/examples/windowed-count.yaml"),
+        checkpoint_dir: Some(tmp.path().join("snap").display().to_string()),
+        set: vec![
+            ("events".into(), "50000".into()),
+            (
+                "output".into(),
+                tmp.path().join("out").display().to_string(),
+            ),
+        ],
+        ..Default::default()
+    };
+    let run = || {
+        let job = streamjob_worker::local::prepare(&options).unwrap();
+        streamjob_worker::local::run_with_stats(job, false).unwrap()
+    };
+    let (outcome, fresh) = run();
+    assert!(
+        matches!(outcome, RunOutcome::Finished { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        (fresh.restore_millis, fresh.restore_download_millis),
+        (None, None)
+    );
+    // The second run restores the first one's final checkpoint from the same folder.
+    let (outcome, restored) = run();
+    assert!(
+        matches!(outcome, RunOutcome::Finished { .. }),
+        "{outcome:?}"
+    );
+    let (total, download) = (
+        restored
+            .restore_millis
+            .expect("a restore time after a restore"),
+        restored.restore_download_millis.expect("its download part"),
+    );
+    assert!(
+        download <= total,
+        "download {download} ms > restore {total} ms"
+    );
+}
