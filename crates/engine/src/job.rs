@@ -315,7 +315,12 @@ pub fn start(
                     Some(d) => RestoreView::new(Arc::clone(d), s as u32, p, key_groups)?,
                     None => RestoreView::empty(),
                 },
-                uploads: UploadQueue::start(Arc::clone(&spec.store), runtime, events_tx.clone()),
+                uploads: UploadQueue::start(
+                    Arc::clone(&spec.store),
+                    runtime,
+                    events_tx.clone(),
+                    config.checkpoints.compression,
+                ),
                 mode: config.checkpoints.mode,
                 batch_size: config.batch_size,
                 metrics: Arc::clone(&task_metrics),

@@ -11,6 +11,7 @@ use serde::Serialize;
 use streamjob_checkpoint::manifest::{FileContents, FileRef};
 use streamjob_checkpoint::segments::Segments;
 
+use crate::config::SnapshotCompression;
 use crate::framing;
 use crate::incremental::AdoptedGroup;
 use crate::keygroup::key_group_range;
@@ -165,9 +166,18 @@ pub struct StateFileBody {
 /// are copied next to their framing.
 pub const OWN_SEGMENT: usize = 4096;
 
-/// First bytes of a state file in the current format (files without them are the earlier format:
-/// `keyed` and `list` only).
+/// First bytes of a state file in format 2 (files without them are the earlier format: `keyed`
+/// and `list` only).
 const STATE_FILE_MAGIC: &[u8; 5] = b"SJSF\x02";
+/// First bytes of a state file in format 3: format 2 where every key group's bytes start with a
+/// codec byte ([`RAW`] or [`LZ4`]). Written when snapshot compression is on.
+const STATE_FILE_MAGIC_CODEC: &[u8; 5] = b"SJSF\x03";
+/// Codec byte: the key group's bytes follow as encoded.
+const RAW: u8 = 0;
+/// Codec byte: the key group's length as a little-endian u32, then its bytes as an LZ4 block.
+const LZ4: u8 = 1;
+/// A key group is stored compressed only if that saves at least a tenth of it.
+const WORTH_COMPRESSING: f64 = 0.9;
 
 impl StateFileBody {
     /// Bytes of every blob (the file is a little larger).
@@ -192,39 +202,55 @@ impl StateFileBody {
     }
 
     /// The file, with the format marker (the bincode layout of the struct), as pieces: the
-    /// framing in small buffers and every key group's bytes of at least [`OWN_SEGMENT`] as
-    /// itself, so the file is stored without a copy of the state.
-    pub fn encode(&self) -> Segments {
+    /// framing in small buffers and every key group's bytes of at least [`OWN_SEGMENT`] (or their
+    /// compressed form) as a piece of its own, so the file is stored without a copy of the state.
+    /// With compression this takes CPU time in proportion to the state: call it off task threads.
+    pub fn encode(&self, compression: SnapshotCompression) -> Segments {
         let mut parts = Vec::new();
         let mut head = Vec::with_capacity(4096);
-        head.extend_from_slice(STATE_FILE_MAGIC);
+        head.extend_from_slice(match compression {
+            SnapshotCompression::None => STATE_FILE_MAGIC,
+            SnapshotCompression::Lz4 => STATE_FILE_MAGIC_CODEC,
+        });
         for groups in [&self.keyed, &self.keyed_changes] {
             framing::write_u64(&mut head, groups.len() as u64);
             for (kg, blob) in groups {
                 framing::write_u32(&mut head, *kg);
-                framing::write_u64(&mut head, blob.len() as u64);
-                if blob.len() >= OWN_SEGMENT {
-                    parts.push(Bytes::from(std::mem::take(&mut head)));
-                    parts.push(blob.clone()); // shares the buffer
-                } else {
-                    head.extend_from_slice(blob);
-                }
+                let stored = match compression {
+                    SnapshotCompression::None => blob.clone(),
+                    SnapshotCompression::Lz4 => match lz4_packed(blob) {
+                        Some(packed) => packed, // starts with its codec byte
+                        None => {
+                            // Raw: the codec byte goes next to the framing, the bytes follow.
+                            framing::write_u64(&mut head, blob.len() as u64 + 1);
+                            head.push(RAW);
+                            push_piece(&mut parts, &mut head, blob.clone());
+                            continue;
+                        }
+                    },
+                };
+                framing::write_u64(&mut head, stored.len() as u64);
+                push_piece(&mut parts, &mut head, stored);
             }
         }
         framing::write_list(&mut head, &self.list);
         parts.push(Bytes::from(head));
         Segments::new(parts)
     }
-    /// Decode a state file of the current or the earlier format. The key groups' bytes are
-    /// slices of `bytes` (they keep the file's buffer alive, and copy nothing).
+
+    /// Decode a state file of any format. Uncompressed key groups' bytes are slices of `bytes`
+    /// (they keep the file's buffer alive, and copy nothing).
     pub fn decode(bytes: &Bytes) -> Result<Self, framing::FrameError> {
-        let (current, body) = match bytes.strip_prefix(STATE_FILE_MAGIC.as_slice()) {
-            Some(body) => (true, body),
-            None => (false, &bytes[..]),
+        let (format, body) = if let Some(body) = bytes.strip_prefix(STATE_FILE_MAGIC_CODEC) {
+            (3, body)
+        } else if let Some(body) = bytes.strip_prefix(STATE_FILE_MAGIC) {
+            (2, body)
+        } else {
+            (1, &bytes[..])
         };
         let mut r = framing::Reader::new(body);
-        let keyed = framing::read_groups(&mut r, bytes)?;
-        let keyed_changes = if current {
+        let mut keyed = framing::read_groups(&mut r, bytes)?;
+        let mut keyed_changes = if format >= 2 {
             framing::read_groups(&mut r, bytes)?
         } else {
             Vec::new()
@@ -236,11 +262,64 @@ impl StateFileBody {
                 what: "trailing bytes after the state",
             });
         }
+        if format == 3 {
+            for (_, blob) in keyed.iter_mut().chain(keyed_changes.iter_mut()) {
+                *blob = unpacked(blob)?;
+            }
+        }
         Ok(Self {
             keyed,
             keyed_changes,
             list,
         })
+    }
+}
+
+/// Append `piece` to the file: as a piece of its own when large, else copied into `head`.
+fn push_piece(parts: &mut Vec<Bytes>, head: &mut Vec<u8>, piece: Bytes) {
+    if piece.len() >= OWN_SEGMENT {
+        parts.push(Bytes::from(std::mem::take(head)));
+        parts.push(piece); // shares the buffer
+    } else {
+        head.extend_from_slice(&piece);
+    }
+}
+
+/// A key group's bytes compressed with LZ4, behind the [`LZ4`] codec byte and the length; `None`
+/// when that does not save at least a tenth (stored raw then).
+fn lz4_packed(blob: &[u8]) -> Option<Bytes> {
+    let len = u32::try_from(blob.len()).ok()?;
+    let mut out = vec![0u8; 5 + lz4_flex::block::get_maximum_output_size(blob.len())];
+    out[0] = LZ4;
+    out[1..5].copy_from_slice(&len.to_le_bytes());
+    let written = lz4_flex::block::compress_into(blob, &mut out[5..]).ok()?;
+    if (5 + written) as f64 > blob.len() as f64 * WORTH_COMPRESSING {
+        return None;
+    }
+    out.truncate(5 + written);
+    Some(Bytes::from(out))
+}
+
+/// The key group's bytes behind a codec byte (format 3).
+fn unpacked(stored: &Bytes) -> Result<Bytes, framing::FrameError> {
+    let bad = |what| framing::FrameError { at: 0, what };
+    match stored.first() {
+        Some(&RAW) => Ok(stored.slice(1..)),
+        Some(&LZ4) if stored.len() >= 5 => {
+            let len = u32::from_le_bytes(stored[1..5].try_into().expect("4 bytes")) as usize;
+            // LZ4 expands at most about 255 times: a larger length is corrupt, not a reason to
+            // allocate it.
+            if len > (stored.len() - 5).saturating_mul(256) {
+                return Err(bad(
+                    "an LZ4 key group longer than its compressed bytes allow",
+                ));
+            }
+            lz4_flex::block::decompress(&stored[5..], len)
+                .map(Bytes::from)
+                .map_err(|_| bad("an LZ4 key group that does not decompress"))
+        }
+        Some(_) => Err(bad("a key group with an unknown codec")),
+        None => Err(bad("a key group without its codec byte")),
     }
 }
 
@@ -381,6 +460,63 @@ mod tests {
     use super::*;
 
     #[test]
+    fn compressed_state_files_round_trip_and_keep_incompressible_groups_raw() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let noise: Vec<u8> = (0..50_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect();
+        let body = StateFileBody {
+            keyed: vec![
+                (1, Bytes::from(vec![7u8; 100_000])), // compresses
+                (2, Bytes::from(noise.clone())),      // does not: stored raw
+                (3, Bytes::from_static(b"tiny")),
+            ],
+            keyed_changes: vec![(1, Bytes::from(b"abc".repeat(5000)))],
+            list: vec![vec![5, 6]],
+        };
+        let plain = body.encode(SnapshotCompression::None);
+        let packed = body.encode(SnapshotCompression::Lz4);
+        assert!(
+            packed.len() < plain.len() - 100_000,
+            "compressed {} of {} bytes",
+            packed.len(),
+            plain.len()
+        );
+        // The incompressible group is a piece of the file as it is.
+        assert!(packed
+            .parts()
+            .iter()
+            .any(|p| p.as_ptr() == body.keyed[1].1.as_ptr()));
+        let file = packed.into_bytes();
+        let decoded = StateFileBody::decode(&file).unwrap();
+        assert_eq!(decoded, body);
+        // ... and read back as a slice of the file.
+        assert!(file.as_ptr_range().contains(&decoded.keyed[1].1.as_ptr()));
+
+        // Damage inside the codec framing is an error, never a panic or a huge allocation.
+        let at = |needle: &[u8]| {
+            file.windows(needle.len())
+                .position(|w| w == needle)
+                .unwrap()
+        };
+        let lz4_len = at(&100_000u32.to_le_bytes()); // group 1's length after its codec byte
+        for (offset, byte) in [(lz4_len - 1, 9u8), (lz4_len + 3, 0x7f), (lz4_len + 6, 0xff)] {
+            let mut damaged = file.to_vec();
+            damaged[offset] = byte;
+            let result = StateFileBody::decode(&Bytes::from(damaged));
+            assert!(
+                result.as_ref().map_or(true, |d| d != &body),
+                "byte {offset} set to {byte:#x} went unnoticed"
+            );
+        }
+    }
+
+    #[test]
     fn state_files_round_trip_and_files_of_the_earlier_format_still_decode() {
         let body = StateFileBody {
             keyed: vec![
@@ -391,7 +527,7 @@ mod tests {
             keyed_changes: vec![(7, Bytes::from(vec![4])), (9, Bytes::from(vec![6; 70_000]))],
             list: vec![vec![5, 6]],
         };
-        let segments = body.encode();
+        let segments = body.encode(SnapshotCompression::None);
         // The large groups are pieces of their own (the same buffers), the rest is framing.
         let shared = |g: &Bytes| segments.parts().iter().any(|p| p.as_ptr() == g.as_ptr());
         assert!(shared(&body.keyed[1].1) && shared(&body.keyed_changes[1].1));

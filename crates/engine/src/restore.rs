@@ -518,7 +518,13 @@ mod tests {
     use streamjob_checkpoint::state_file::write_state_file;
 
     async fn put(store: &dyn SnapshotStore, key: &str, body: StateFileBody) -> FileRef {
-        write_state_file(store, key, body.encode()).await.unwrap()
+        write_state_file(
+            store,
+            key,
+            body.encode(crate::config::SnapshotCompression::None),
+        )
+        .await
+        .unwrap()
     }
 
     fn image(groups: &[u32], tag: u8) -> StateFileBody {

@@ -19,6 +19,7 @@ use streamjob_checkpoint::state_file::write_state_file;
 use streamjob_checkpoint::store::SnapshotStore;
 use tokio::sync::mpsc;
 
+use crate::config::SnapshotCompression;
 use crate::control::{CoordinatorEvent, TaskAck, TaskId};
 use crate::operator::StateFileBody;
 
@@ -64,12 +65,13 @@ impl UploadQueue {
         store: Arc<dyn SnapshotStore>,
         runtime: &tokio::runtime::Handle,
         events: Sender<CoordinatorEvent>,
+        compression: SnapshotCompression,
     ) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<UploadJob>();
         runtime.spawn(async move {
             let mut ledger: HashMap<String, FileRef> = HashMap::new();
             while let Some(mut job) = rx.recv().await {
-                let event = match upload(store.as_ref(), &mut ledger, &mut job).await {
+                let event = match upload(store.as_ref(), &mut ledger, &mut job, compression).await {
                     Ok((files, bytes)) => CoordinatorEvent::Ack(TaskAck {
                         checkpoint_id: job.checkpoint_id,
                         task: job.task,
@@ -106,6 +108,7 @@ async fn upload(
     store: &dyn SnapshotStore,
     ledger: &mut HashMap<String, FileRef>,
     job: &mut UploadJob,
+    compression: SnapshotCompression,
 ) -> Result<(Vec<(String, FileRef)>, u64), String> {
     let mut files = Vec::new();
     let mut bytes = 0;
@@ -129,9 +132,16 @@ async fn upload(
             }
         }
         if let Some((key, body)) = &mut op.own {
-            // The file's framing around the state's own buffers: nothing large is copied.
+            // The file's framing around the state's own buffers: nothing large is copied. Compressing
+            // takes CPU time in proportion to the state: off the runtime's threads.
             let contents = body.contents();
-            let body = std::mem::take(body).encode();
+            let body = std::mem::take(body);
+            let body = match compression {
+                SnapshotCompression::None => body.encode(compression),
+                _ => tokio::task::spawn_blocking(move || body.encode(compression))
+                    .await
+                    .map_err(|e| format!("compressing the state file {key} failed: {e}"))?,
+            };
             bytes += body.len() as u64;
             let mut file = write_state_file(store, key, body)
                 .await
@@ -197,6 +207,7 @@ mod tests {
             &store,
             &mut ledger,
             &mut job(1, &[], Some("c/1/op-0.state")),
+            SnapshotCompression::Lz4,
         )
         .await
         .unwrap();
@@ -211,6 +222,7 @@ mod tests {
             &store,
             &mut ledger,
             &mut job(2, &["c/1/op-0.state"], Some("c/2/op-0.state")),
+            SnapshotCompression::None,
         )
         .await
         .unwrap();
@@ -220,21 +232,34 @@ mod tests {
             ["c/1/op-0.state", "c/2/op-0.state"],
             "base first, then own"
         );
-        let err = upload(&store, &mut ledger, &mut job(3, &["c/9/op-0.state"], None))
-            .await
-            .unwrap_err();
+        let err = upload(
+            &store,
+            &mut ledger,
+            &mut job(3, &["c/9/op-0.state"], None),
+            SnapshotCompression::None,
+        )
+        .await
+        .unwrap_err();
         assert!(
             err.contains("c/9/op-0.state") && err.contains("full state"),
             "{err}"
         );
         // Chain moved on to 2 only: 1 leaves the ledger.
-        upload(&store, &mut ledger, &mut job(4, &["c/2/op-0.state"], None))
-            .await
-            .unwrap();
-        assert!(
-            upload(&store, &mut ledger, &mut job(5, &["c/1/op-0.state"], None))
-                .await
-                .is_err()
-        );
+        upload(
+            &store,
+            &mut ledger,
+            &mut job(4, &["c/2/op-0.state"], None),
+            SnapshotCompression::None,
+        )
+        .await
+        .unwrap();
+        assert!(upload(
+            &store,
+            &mut ledger,
+            &mut job(5, &["c/1/op-0.state"], None),
+            SnapshotCompression::None
+        )
+        .await
+        .is_err());
     }
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use streamjob_api::duration::parse_duration;
-use streamjob_api::v1alpha1::{CheckpointMode, StreamJob};
+use streamjob_api::v1alpha1::{CheckpointMode, SnapshotCompression, StreamJob};
 use streamjob_checkpoint::url::{open_store, S3Options};
 use streamjob_engine::config::{CheckpointConfig, CheckpointingMode, JobConfig};
 use streamjob_engine::coordinator::SnapshotFigures;
@@ -148,7 +148,11 @@ pub fn prepare_job(job: &StreamJob, options: &LocalOptions) -> Result<LocalJob, 
         })
         .with_retained(c.retained.max(1) as usize)
         .with_tolerable_failures(c.tolerable_failures.max(0) as u32)
-        .with_incremental(c.incremental);
+        .with_incremental(c.incremental)
+        .with_compression(match c.compression {
+            SnapshotCompression::None => streamjob_engine::config::SnapshotCompression::None,
+            SnapshotCompression::Lz4 => streamjob_engine::config::SnapshotCompression::Lz4,
+        });
     let config = JobConfig::new(name.clone(), parallelism as u32)
         .with_max_parallelism(spec.max_parallelism as u32)
         .with_checkpoints(checkpoints);

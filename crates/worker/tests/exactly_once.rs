@@ -2,7 +2,7 @@
 //! a real file store: the committed output must equal the failure-free run exactly (no loss, no
 //! duplicates), compared line by line.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +14,7 @@ use streamjob_checkpoint::file_store::FileStore;
 use streamjob_checkpoint::layout::SnapshotLayout;
 use streamjob_checkpoint::manifest::Manifest;
 use streamjob_checkpoint::store::SnapshotStore;
-use streamjob_engine::config::{CheckpointConfig, JobConfig};
+use streamjob_engine::config::{CheckpointConfig, JobConfig, SnapshotCompression};
 use streamjob_engine::connectors::file_sink::{committed_files, FileSink};
 use streamjob_engine::connectors::nexmark::{Event, NexmarkConfig, NexmarkSource};
 use streamjob_engine::operators::window::{Count, WindowAssigner, WindowResult};
@@ -451,15 +451,21 @@ fn corrupt_newest_checkpoint_is_skipped_on_restore() {
 
 #[test]
 fn exactly_once_through_snapshot_upload_and_restore_failures() {
-    snapshot_upload_and_restore_failures(false);
+    snapshot_upload_and_restore_failures(false, SnapshotCompression::None);
 }
 
 #[test]
 fn incremental_checkpoints_are_exactly_once_through_upload_and_restore_failures() {
-    snapshot_upload_and_restore_failures(true);
+    snapshot_upload_and_restore_failures(true, SnapshotCompression::None);
 }
 
-fn snapshot_upload_and_restore_failures(incremental: bool) {
+/// The same with LZ4-compressed state files: the restores read them back exactly.
+#[test]
+fn compressed_incremental_checkpoints_are_exactly_once_through_upload_and_restore_failures() {
+    snapshot_upload_and_restore_failures(true, SnapshotCompression::Lz4);
+}
+
+fn snapshot_upload_and_restore_failures(incremental: bool, compression: SnapshotCompression) {
     use streamjob_checkpoint::memory_store::MemoryStore;
     let tmp = tempfile::tempdir().unwrap();
     let expected = reference(tmp.path());
@@ -475,11 +481,12 @@ fn snapshot_upload_and_restore_failures(incremental: bool) {
     let attempt = Arc::new(AtomicU64::new(0));
     let mut ticks = 0u64;
     let mut failed_checkpoints = 0u64;
-    let job_config = if incremental {
+    let mut job_config = if incremental {
         incremental_config(2, 30)
     } else {
         config(2, 30)
     };
+    job_config.checkpoints = job_config.checkpoints.with_compression(compression);
     let outcome = run_with_restarts(
         &job_config,
         |env| {
@@ -529,6 +536,25 @@ fn snapshot_upload_and_restore_failures(incremental: bool) {
         "no checkpoint failed: upload faults were not exercised"
     );
     assert_same_output(&expected, &output_lines(&out));
+    // The state files are in the format the setting asks for (format 3 carries a codec per key
+    // group), so the restores above read what compression wrote.
+    let formats: BTreeSet<u8> = rt.block_on(async {
+        let mut formats = BTreeSet::new();
+        for object in memory.list("checkpoints/").await.unwrap() {
+            if object.key.ends_with(".state") {
+                let bytes = memory.get(&object.key).await.unwrap();
+                if bytes.starts_with(b"SJSF") {
+                    formats.insert(bytes[4]);
+                }
+            }
+        }
+        formats
+    });
+    let want = match compression {
+        SnapshotCompression::None => 2,
+        SnapshotCompression::Lz4 => 3,
+    };
+    assert_eq!(formats, BTreeSet::from([want]), "state file formats");
 }
 
 /// Restores an incremental checkpoint (not a savepoint) at another parallelism: each new subtask
