@@ -27,6 +27,7 @@ use streamjob_checkpoint::layout::SnapshotLayout;
 use streamjob_checkpoint::manifest::{FileRef, Manifest, SnapshotKind};
 use streamjob_checkpoint::state_file::{read_state_file, VerifyError};
 use streamjob_checkpoint::store::SnapshotStore;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::incremental::AdoptedGroup;
 use crate::operator::{RestoredLineage, RestoredState, StateFileBody};
@@ -219,13 +220,14 @@ impl RestoreData {
             .filter_map(|(file, needed)| needed.then_some(file));
         // Each file is a task of its own (the caller may be polling this on one thread): its body
         // arrives and is checked on the runtime's workers, and it is decoded on a blocking thread,
-        // so all cores work on a restore.
+        // so all cores work on a restore. When one file fails, dropping the stream aborts the
+        // downloads still running.
         let decoded: BTreeMap<String, Arc<StateFileBody>> = stream::iter(needed)
             .map(|file| {
                 let store = Arc::clone(&store);
                 let file = file.clone();
                 let location = location.to_string();
-                tokio::spawn(async move {
+                AbortOnDropHandle::new(tokio::spawn(async move {
                     let bytes = read_state_file(store.as_ref(), &file)
                         .await
                         .map_err(|source| RestoreError::Verify {
@@ -242,7 +244,7 @@ impl RestoreData {
                             reason,
                         })?;
                     Ok::<_, RestoreError>((file.key, Arc::new(state)))
-                })
+                }))
             })
             .buffer_unordered(8)
             .map(|joined| {
