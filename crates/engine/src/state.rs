@@ -169,8 +169,8 @@ trait ErasedTable<K>: Send {
     fn has_changes(&self, offset: usize) -> bool;
     fn group_is_empty(&self, offset: usize) -> bool;
     /// The changed keys of a group: `(key, Some(value))` or `(key, None)` for a removal.
-    fn encode_changes(&self, offset: usize) -> Result<Option<Vec<u8>>, StateError>;
-    /// Append what [`ErasedTable::encode_changes`] returns (when something changed).
+    /// Append the changed keys of a group as `(key, Some(value))`, or `(key, None)` for a removal
+    /// (a bincode `Vec`).
     fn encode_changes_into(&self, offset: usize, out: &mut Vec<u8>) -> Result<(), StateError>;
     /// How many keys of a group changed.
     fn changed_keys(&self, offset: usize) -> usize;
@@ -253,19 +253,6 @@ impl<K: Key, S: Data> ErasedTable<K> for Table<K, S> {
     }
     fn changed_keys(&self, offset: usize) -> usize {
         self.changed.get(offset).map_or(0, |c| c.len())
-    }
-    fn encode_changes(&self, offset: usize) -> Result<Option<Vec<u8>>, StateError> {
-        let Some(changed) = self.changed.get(offset).filter(|c| !c.is_empty()) else {
-            return Ok(None);
-        };
-        let group = &self.groups[offset];
-        let changes: Vec<(&K, Option<&S>)> = changed.iter().map(|k| (k, group.get(k))).collect();
-        bincode::serialize(&changes)
-            .map(Some)
-            .map_err(|e| StateError::Encode {
-                state: self.name.clone(),
-                reason: e.to_string(),
-            })
     }
     fn apply_changes(
         &mut self,
@@ -652,20 +639,17 @@ impl<K: Key> KeyedStateBackend<K> {
     /// Encode the changes of one key group (applied with [`Self::apply_changes`] on top of the
     /// group's previous image) and forget them. `None` when nothing changed.
     pub fn take_changes(&mut self, key_group: u32) -> Result<Option<Vec<u8>>, StateError> {
-        let offset = self.offset(key_group);
-        let mut blob: GroupBlob = Vec::new();
-        for table in &mut self.tables {
-            if let Some(bytes) = table.encode_changes(offset)? {
-                blob.push((table.name().to_string(), bytes));
-            }
-            table.clear_changes(offset);
+        let mut framed = Vec::new();
+        if !self.write_group_changes(key_group, &mut framed)? {
+            return Ok(None);
         }
-        encode_blob(&blob)
+        framed.drain(..8); // the frame's length
+        Ok(Some(framed))
     }
 
-    /// Append the changes of one key group to `out` framed as a bincode byte vector, and forget
-    /// them: byte for byte `write_bytes(out, &take_changes(..).unwrap_or_default())`, without the
-    /// intermediate copies. Returns false when nothing changed (an empty frame).
+    /// Append the changes of one key group to `out` framed as a bincode byte vector (what
+    /// [`Self::take_changes`] returns, written in place), and forget them. Returns false when
+    /// nothing changed (an empty frame).
     pub fn write_group_changes(
         &mut self,
         key_group: u32,
@@ -913,39 +897,66 @@ mod tests {
 
     #[test]
     fn changes_written_in_place_are_the_bytes_of_take_changes() {
+        // One changed key per group, so the expected bytes can be written out by hand: the
+        // format of every change file so far (per changed state, in registration order: its name,
+        // then the bincode of `Vec<(key, Option<value>)>`).
         let max = 4;
-        let twins: Vec<KeyedStateBackend<u64>> = (0..2)
+        let twins: Vec<(KeyedStateBackend<u64>, Vec<u64>)> = (0..2)
             .map(|_| {
                 let mut b = KeyedStateBackend::<u64>::new(0..max);
-                let (count, items) = {
+                let (count, name) = {
                     let mut reg = b.registry();
-                    (reg.value::<u64>("count"), reg.list::<u32>("items"))
+                    (reg.value::<u64>("count"), reg.value::<String>("name"))
                 };
+                let keys: Vec<u64> = (0..max)
+                    .map(|kg| (0..).find(|k| key_group_of(k, max) == kg).unwrap())
+                    .collect();
+                for (kg, key) in keys.iter().enumerate() {
+                    b.set_value(count, kg as u32, key, 1);
+                    b.set_value(name, kg as u32, key, "old".to_string());
+                }
                 b.set_change_tracking(true);
-                for i in 0..200u64 {
-                    let key = i % 37;
-                    let kg = key_group_of(&key, max);
-                    *b.value_or_insert_with(count, kg, &key, || 0) += i;
-                    b.list_add(items, kg, &key, i as u32);
-                    if i % 11 == 0 {
-                        b.clear_value(count, kg, &key);
+                for (kg, key) in keys.iter().enumerate() {
+                    if kg == 1 {
+                        b.clear_value(count, kg as u32, key);
+                        b.clear_value(name, kg as u32, key);
+                    } else {
+                        b.set_value(count, kg as u32, key, key * 10);
+                        b.set_value(name, kg as u32, key, format!("key {key}"));
                     }
                 }
-                b
+                (b, keys)
             })
             .collect();
-        let [mut a, mut b] = <[_; 2]>::try_from(twins).ok().unwrap();
-        for kg in 0..max {
+        let [(mut a, keys), (mut b, _)] = <[_; 2]>::try_from(twins).ok().unwrap();
+        for (kg, key) in keys.iter().enumerate() {
+            let kg = kg as u32;
+            let (count, name) = if kg == 1 {
+                (None, None)
+            } else {
+                (Some(key * 10), Some(format!("key {key}")))
+            };
             let mut expected = Vec::new();
-            write_bytes(
-                &mut expected,
-                &a.take_changes(kg).unwrap().unwrap_or_default(),
-            );
+            write_framed(&mut expected, |o| {
+                write_u64(o, 2);
+                write_bytes(o, b"count");
+                write_bytes(o, &bincode::serialize(&vec![(*key, count)]).unwrap());
+                write_bytes(o, b"name");
+                write_bytes(o, &bincode::serialize(&vec![(*key, name)]).unwrap());
+                Ok::<_, ()>(())
+            })
+            .unwrap();
             let mut written = Vec::new();
-            b.write_group_changes(kg, &mut written).unwrap();
+            assert!(b.write_group_changes(kg, &mut written).unwrap());
             assert_eq!(written, expected, "key group {kg}");
+            assert_eq!(
+                a.take_changes(kg).unwrap().unwrap(),
+                expected[8..],
+                "take_changes, key group {kg}"
+            );
         }
         assert_eq!(b.changed_groups().count(), 0);
+        assert_eq!(a.changed_groups().count(), 0);
     }
 
     #[test]
